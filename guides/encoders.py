@@ -1,0 +1,102 @@
+"""Inference guides q(z | x) as Pyro programs: amortised encoders matched to a model's latent sites.
+
+Every guide is built from the model it serves (``factory(model, ...)``): it reads
+``model.latent_dims`` and ``model.data_shape`` and samples the same site names
+inside the same ``pyro.plate("data", len(x))``. ``mean_field`` says whether each
+q(z_i | x) depends on x alone — the condition under which the analytic-KL
+estimator (``TraceMeanField_ELBO``) is valid.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+from pyro.nn import PyroModule
+from torch import nn
+
+from ppl_vae.networks import Encoder, GaussianHead, Network, mlp
+from ppl_vae.registry import GUIDES, IncompatiblePairError
+
+
+class AmortisedGuide(PyroModule):
+    """Shared trunk: an encoder of x whose widths and kind default to the model's.
+
+    A subclass adds its output heads in ``build(width)`` and samples in ``forward``.
+
+    :param model: the model served; its ``latent_dims`` and ``data_shape`` are read.
+    :param hidden: encoder widths (default: the model's ``network_config``).
+    :param network: ``"mlp"`` or ``"conv"`` (default: the model's).
+    """
+
+    mean_field = True
+
+    def __init__(self, model: nn.Module, hidden: list[int] | None = None, network: Network | None = None):
+        super().__init__()
+        defaults = getattr(model, "network_config", {"hidden": [256], "network": "mlp"})
+        hidden = list(defaults["hidden"] if hidden is None else hidden)
+        self.latent_dims = dict(model.latent_dims)
+        self.encoder = Encoder(model.data_shape, hidden, network or defaults["network"])
+        self.build(self.encoder.out_features)
+
+    def build(self, width: int) -> None:
+        raise NotImplementedError
+
+
+class GaussianEncoder(AmortisedGuide):
+    """q(z | x) = prod_i N(z_i; mu_i(x), diag sigma_i(x)^2) over all the model's latent sites
+    (Kingma & Welling 2014, Eq. 9; mean-field across sites for deeper models)."""
+
+    def build(self, width):
+        self.heads = nn.ModuleDict({s: GaussianHead(width, d) for s, d in self.latent_dims.items()})
+
+    def forward(self, x):
+        h = self.encoder(x)
+        with pyro.plate("data", x.shape[0]):
+            for site, head in self.heads.items():
+                pyro.sample(site, dist.Normal(*head(h)).to_event(1))
+
+
+class DeltaEncoder(AmortisedGuide):
+    """q(z | x) = delta(z - f(x)): a point mass. With KL weight 0 this is the plain deterministic
+    autoencoder (the zero-variance limit of the VAE); with weight 1 it is MAP inference of z."""
+
+    def build(self, width):
+        self.heads = nn.ModuleDict({s: nn.Linear(width, d) for s, d in self.latent_dims.items()})
+
+    def forward(self, x):
+        h = self.encoder(x)
+        with pyro.plate("data", x.shape[0]):
+            for site, head in self.heads.items():
+                pyro.sample(site, dist.Delta(head(h)).to_event(1))
+
+
+class StructuredDLGMGuide(AmortisedGuide):
+    """Bottom-up structured inference q(z1 | x) q(z2 | z1) for the 2-layer DLGM
+    (Rezende et al. 2014; the 2-layer VAE of Shu, "Autoencoding a Single Bit").
+
+    q(z2 | x) = int q(z2 | z1) q(z1 | x) dz1 is then a continuous mixture, not a Gaussian.
+    Not mean-field: z1, a model child of z2, is a guide parent of z2.
+    """
+
+    mean_field = False
+
+    def build(self, width):
+        if set(self.latent_dims) != {"z1", "z2"}:
+            raise IncompatiblePairError(
+                f"guide 'structured' needs a model with latent sites z1 and z2 (the 'dlgm'); "
+                f"this model has {sorted(self.latent_dims)}: use guide 'gaussian' or 'delta'"
+            )
+        z1, z2 = self.latent_dims["z1"], self.latent_dims["z2"]
+        self.q_z1 = GaussianHead(width, z1)
+        self.q_z2 = nn.Sequential(mlp([z1, width], final_activation=True), GaussianHead(width, z2))
+
+    def forward(self, x):
+        h = self.encoder(x)
+        with pyro.plate("data", x.shape[0]):
+            z1 = pyro.sample("z1", dist.Normal(*self.q_z1(h)).to_event(1))
+            pyro.sample("z2", dist.Normal(*self.q_z2(z1)).to_event(1))
+
+
+GUIDES.register("gaussian")(GaussianEncoder)
+GUIDES.register("delta")(DeltaEncoder)
+GUIDES.register("structured")(StructuredDLGMGuide)

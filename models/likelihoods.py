@@ -1,0 +1,50 @@
+"""Likelihoods p(x | z): modules mapping decoder outputs to a distribution over x.
+
+``forward(params, event_dim)`` returns a distribution whose event covers the
+``event_dim`` data dimensions, so one likelihood serves vectors and images.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+import pyro.distributions as dist
+
+
+class Bernoulli(nn.Module):
+    """Factorised Bernoulli on logits; needs binary data (binarise images first)."""
+
+    needs_binary_data = True
+
+    def forward(self, logits: torch.Tensor, event_dim: int) -> dist.Distribution:
+        return dist.Bernoulli(logits=logits).to_event(event_dim)
+
+
+class Gaussian(nn.Module):
+    """Factorised Gaussian with mean = decoder output and one scale, fixed or learned."""
+
+    needs_binary_data = False
+
+    def __init__(self, scale: float = 0.1, learn_scale: bool = False):
+        super().__init__()
+        if scale <= 0:
+            raise ValueError(f"the Gaussian likelihood needs scale > 0, got {scale}")
+        log_scale = torch.tensor(math.log(scale))
+        if learn_scale:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    def forward(self, loc: torch.Tensor, event_dim: int) -> dist.Distribution:
+        return dist.Normal(loc, self.log_scale.exp()).to_event(event_dim)
+
+
+#: name -> factory(scale); ``scale`` is used by the Gaussian likelihoods only.
+LIKELIHOODS = {
+    "bernoulli": lambda scale: Bernoulli(),
+    "gaussian": lambda scale: Gaussian(scale, learn_scale=False),
+    "gaussian-learned": lambda scale: Gaussian(scale, learn_scale=True),
+}

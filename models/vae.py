@@ -1,0 +1,97 @@
+"""One- and two-layer latent-variable models p(x, z) as Pyro programs.
+
+The contract every model keeps (and every guide relies on): ``forward(x)``
+samples its latents inside ``pyro.plate("data", len(x))`` and observes ``x``
+at the site ``"x"``; ``latent_dims`` maps latent site names, in model order,
+to their sizes; ``data_shape`` is the shape of one example.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pyro
+import pyro.distributions as dist
+from pyro.nn import PyroModule
+from torch import nn
+
+from ppl_vae.networks import Decoder, GaussianHead, Network, mlp
+from ppl_vae.registry import MODELS
+from ppl_vae.models.likelihoods import LIKELIHOODS
+from ppl_vae.models.priors import PRIORS, StandardNormal
+
+Prior = Literal["normal", "mixture"]
+Likelihood = Literal["bernoulli", "gaussian", "gaussian-learned"]
+
+
+class GaussianVAE(PyroModule):
+    """p(z) p(x | z) with z ~ N(0, I) by default (Kingma & Welling 2014, Sec. 3).
+
+    :param decoder: network z -> likelihood parameters of shape ``data_shape``.
+    :param prior: module whose ``forward()`` gives p(z), e.g. ``StandardNormal(d)``.
+    :param likelihood: module mapping decoder output to p(x | z), e.g. ``Bernoulli()``.
+    :param data_shape: shape of one example.
+
+    >>> from ppl_vae.models import GaussianVAE, StandardNormal, Bernoulli
+    >>> from ppl_vae.networks import Decoder
+    >>> model = GaussianVAE(Decoder(2, [16], (5,)), StandardNormal(2), Bernoulli(), (5,))
+    >>> model.latent_dims
+    {'z': 2}
+    """
+
+    def __init__(self, decoder: nn.Module, prior: nn.Module, likelihood: nn.Module, data_shape: tuple[int, ...]):
+        super().__init__()
+        self.decoder, self.prior, self.likelihood = decoder, prior, likelihood
+        self.data_shape = tuple(data_shape)
+        self.latent_dims = {"z": prior().event_shape[0]}
+
+    def forward(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.likelihood(self.decoder(z), len(self.data_shape)), obs=x)
+
+
+class DLGM(PyroModule):
+    """Two stochastic layers p(z2) p(z1 | z2) p(x | z1): the deep latent Gaussian model of
+    Rezende, Mohamed & Wierstra (2014), Eq. 2, with L = 2.
+
+    :param conditional: network z2 -> (loc, scale) of the Gaussian p(z1 | z2).
+    """
+
+    def __init__(self, decoder: nn.Module, conditional: nn.Module, prior: nn.Module, likelihood: nn.Module,
+                 data_shape: tuple[int, ...], z1_dim: int):
+        super().__init__()
+        self.decoder, self.conditional, self.prior, self.likelihood = decoder, conditional, prior, likelihood
+        self.data_shape = tuple(data_shape)
+        self.latent_dims = {"z2": prior().event_shape[0], "z1": z1_dim}
+
+    def forward(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z2 = pyro.sample("z2", self.prior())
+            z1 = pyro.sample("z1", dist.Normal(*self.conditional(z2)).to_event(1))
+            pyro.sample("x", self.likelihood(self.decoder(z1), len(self.data_shape)), obs=x)
+
+
+@MODELS.register("vae")
+def vae(data_shape: tuple[int, ...], latent_dim: int = 32, hidden: list[int] = (512, 256),
+        network: Network = "mlp", prior: Prior = "normal", components: int = 10,
+        likelihood: Likelihood = "bernoulli", likelihood_scale: float = 0.1) -> GaussianVAE:
+    """A GaussianVAE; ``components`` applies to the mixture prior, ``likelihood_scale`` to Gaussian likelihoods."""
+    model = GaussianVAE(Decoder(latent_dim, list(reversed(hidden)), data_shape, network),
+                        PRIORS[prior](latent_dim, components), LIKELIHOODS[likelihood](likelihood_scale), data_shape)
+    model.network_config = {"hidden": list(hidden), "network": network}
+    return model
+
+
+@MODELS.register("dlgm")
+def dlgm(data_shape: tuple[int, ...], latent_dim: int = 32, top_latent_dim: int | None = None,
+         hidden: list[int] = (512, 256), network: Network = "mlp", likelihood: Likelihood = "bernoulli",
+         likelihood_scale: float = 0.1) -> DLGM:
+    """A 2-layer DLGM: z2 (``top_latent_dim``, default ``latent_dim``) -> z1 (``latent_dim``) -> x."""
+    top = top_latent_dim or latent_dim
+    width = hidden[-1] if hidden else 64
+    conditional = nn.Sequential(mlp([top, width], final_activation=True), GaussianHead(width, latent_dim))
+    model = DLGM(Decoder(latent_dim, list(reversed(hidden)), data_shape, network), conditional,
+                 StandardNormal(top), LIKELIHOODS[likelihood](likelihood_scale), data_shape, latent_dim)
+    model.network_config = {"hidden": list(hidden), "network": network}
+    return model

@@ -1,0 +1,25 @@
+"""ppl-vae: variational autoencoders as Pyro model/guide pairs, trained with SVI.
+
+>>> import ppl_vae
+>>> from ppl_vae.models import GaussianVAE
+>>> sorted(ppl_vae.MODELS), sorted(ppl_vae.GUIDES), sorted(ppl_vae.ESTIMATORS)
+(['dlgm', 'vae'], ['delta', 'gaussian', 'structured'], ['analytic', 'iw', 'mc'])
+"""
+
+import pyro
+
+# Parameters live in their modules, not in Pyro's global param store: two models that both
+# have a "decoder" never share weights (DESIGN.md, pitfall 1).
+pyro.settings.set(module_local_params=True)
+
+from ppl_vae import guides, models  # noqa: E402  (registers the bundled models and guides)
+from ppl_vae import objectives  # noqa: E402,F401  (registers the estimators)
+from ppl_vae.data import DATASETS, Dataset  # noqa: E402
+from ppl_vae.diagnostics import elbo_terms, evaluate  # noqa: E402
+from ppl_vae.handlers import KLSchedule, KLWeight  # noqa: E402
+from ppl_vae.registry import ESTIMATORS, GUIDES, MODELS, ConfigError, IncompatiblePairError  # noqa: E402
+from ppl_vae.training import NonFiniteLossError, TrainConfig, Trainer  # noqa: E402
+
+__all__ = ["models", "guides", "MODELS", "GUIDES", "ESTIMATORS", "DATASETS", "Dataset", "KLWeight", "KLSchedule",
+           "TrainConfig", "Trainer", "NonFiniteLossError", "ConfigError", "IncompatiblePairError", "elbo_terms",
+           "evaluate"]

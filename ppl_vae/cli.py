@@ -1,0 +1,67 @@
+"""The ``ppl-vae`` command: ``run`` an experiment, ``list`` what is bundled."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ppl_vae.registry import ConfigError, IncompatiblePairError
+
+
+def _first_line(obj) -> str:
+    return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
+
+
+def list_all() -> str:
+    import tomllib
+
+    from ppl_vae import DATASETS, ESTIMATORS, GUIDES, MODELS
+    from ppl_vae.experiment import bundled
+
+    lines = ["experiments:"]
+    for name, path in bundled().items():
+        lines.append(f"  {name:<18} {tomllib.loads(path.read_text()).get('description', '')}")
+    for title, registry in (("models", MODELS), ("guides", GUIDES), ("estimators", ESTIMATORS),
+                            ("datasets", DATASETS)):
+        lines.append(f"{title}:")
+        lines += [f"  {name:<18} {_first_line(factory)}" for name, factory in sorted(registry.items())]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ppl-vae", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run an experiment file into a run folder")
+    run.add_argument("experiment", help="path to a .toml file, or the name of one in experiments/")
+    run.add_argument("--out", help="run folder (default: runs/EXPERIMENT)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set train.epochs=5 (repeatable)")
+    run.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    run.add_argument("--quick", action="store_true", help="shrink to a smoke-sized run that takes seconds")
+    run.add_argument("--force", action="store_true", help="overwrite an existing run folder")
+    run.add_argument("--resume", action="store_true", help="continue an existing run folder from its checkpoints")
+    run.add_argument("--jobs", type=int, default=1, help="grid cells to run in parallel (default: 1)")
+    commands.add_parser("list", help="list bundled experiments, models, guides, estimators and datasets")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "list":
+            print(list_all())
+            return 0
+        from ppl_vae.experiment import run as run_experiment
+
+        summaries = run_experiment(args.experiment, args.out, args.overrides, args.device, args.quick, args.force,
+                                   args.resume, args.jobs, progress=True)
+    except (ConfigError, IncompatiblePairError) as error:
+        print(f"ppl-vae: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{'cell':<40} {'test -ELBO':>10} {'recon':>8} {'KL':>7} {'train -ELBO':>11} {'s':>6}")
+    for s in summaries:
+        print(f"{s['cell'] or s['experiment']:<40} {s['test_loss']:>10.2f} {s['recon']:>8.2f} {s['kl']:>7.2f} "
+              f"{s['train_loss']:>11.2f} {s['seconds']:>6.1f}")
+    print("nats per example; test = held-out")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

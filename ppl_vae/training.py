@@ -1,0 +1,181 @@
+"""One thin SVI loop for any model/guide pair.
+
+The estimator turns the pair into an ``ELBOModule`` (a ``torch.nn.Module`` whose ``forward(x)`` is
+the loss and whose ``parameters()`` are the model's and the guide's), and a plain ``torch.optim.Adam``
+steps it. With ``pyro.settings.set(module_local_params=True)`` (set on import of ``ppl_vae``) the
+parameters live in the modules, not in Pyro's global param store, so two pairs never share them
+and networks held as plain ``nn.Module`` children are trained too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from ppl_vae.data import Dataset
+from ppl_vae.diagnostics import evaluate, trace_pair
+from ppl_vae.handlers import KLSchedule, KLWeight
+from ppl_vae.io import load_tensors, save_tensors
+from ppl_vae.registry import ESTIMATORS, ConfigError
+
+#: train-set examples scored per epoch (a fixed subset keeps large sets cheap)
+TRAIN_EVAL_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to fit a pair; every field is a key of an experiment file's ``[train]`` section."""
+
+    epochs: int = 20  # passes over the training set
+    batch_size: int = 128  # examples per step; 0 = the full training set
+    lr: float = 1e-3  # Adam learning rate at the first step
+    lr_final: float | None = None  # decay exponentially to this by the last step; None = constant
+    estimator: str = "mc"  # registered ELBO estimator: mc | analytic | iw
+    num_particles: int = 1  # samples of z per datapoint in the training objective
+    kl_weight: float = 1.0  # beta: 1 = ELBO, > 1 = beta-VAE, 0 with guide "delta" = plain autoencoder
+    kl_schedule: Literal["constant", "linear", "cyclical"] = "constant"  # how the weight reaches kl_weight
+    kl_warmup_epochs: float = 0.0  # linear schedule: epochs to ramp the weight from 0
+    kl_cycles: int = 4  # cyclical schedule: number of ramps over the run
+    seed: int = 0  # seeds parameters, batches and samples: the same seed gives the same run
+    checkpoint_every: int = 5  # epochs between checkpoints (the last epoch is always saved)
+
+    def __post_init__(self):
+        checks = {
+            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 0, "lr": self.lr > 0,
+            "lr_final": self.lr_final is None or self.lr_final > 0, "num_particles": self.num_particles >= 1,
+            "kl_weight": self.kl_weight >= 0, "kl_warmup_epochs": self.kl_warmup_epochs >= 0,
+            "kl_cycles": self.kl_cycles >= 1, "checkpoint_every": self.checkpoint_every >= 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"[train] {key} = {getattr(self, key)!r} is out of range")
+        ESTIMATORS[self.estimator]  # unknown name -> ConfigError listing the registered ones
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step and the sites."""
+
+
+def nonfinite_sites(model, guide, x: torch.Tensor) -> list[str]:
+    """Sample sites of the pair (guide first) whose log-density on ``x`` is not finite."""
+    with torch.no_grad():
+        model_trace, guide_trace = trace_pair(model, guide, x)
+    bad = []
+    for where, trace in (("guide", guide_trace), ("model", model_trace)):
+        for name, site in trace.nodes.items():
+            if site["type"] == "sample" and not torch.isfinite(site["fn"].log_prob(site["value"])).all():
+                bad.append(f"{name!r} ({where})")
+    return bad
+
+
+class Trainer:
+    """Fits ``model``/``guide`` to ``data`` by stochastic gradient on the estimator's bound.
+
+    Per epoch it records the training objective and, for the train subset and the held-out set,
+    the negative ELBO with its reconstruction and KL terms (per latent site and dimension), in
+    nats per example. ``save``/``load`` give exact resume: parameters, optimiser and schedule
+    state, RNG state, step and history, loadable with ``torch.load(weights_only=True)``.
+
+    :param progress: show a progress bar over epochs.
+    """
+
+    def __init__(self, model, guide, data: Dataset, config: TrainConfig = TrainConfig(),
+                 device: str | torch.device = "cpu", progress: bool = False):
+        self.device = torch.device(device)
+        self.model, self.guide = model.to(self.device), guide.to(self.device)
+        self.data, self.config, self.progress = data.to(self.device), config, progress
+        self.loss_fn = ESTIMATORS[config.estimator](config.num_particles)(self.model, self.guide)
+        self.analytic_kl = config.estimator == "analytic"
+        likelihood = getattr(model, "likelihood", None)
+        if getattr(likelihood, "needs_binary_data", False) and not data.is_binary:
+            raise ConfigError(f"a Bernoulli likelihood needs binary data, but {data.name!r} is not binary: "
+                              "set data.binarize = \"dynamic\" or \"static\", or use a Gaussian likelihood")
+        n = len(self.data.train)
+        self.batch_size = min(config.batch_size or n, n)
+        self.steps_per_epoch = math.ceil(n / self.batch_size)
+        total = config.epochs * self.steps_per_epoch
+        self.optimizer = torch.optim.Adam(self.loss_fn.parameters(), lr=config.lr)
+        gamma = (config.lr_final / config.lr) ** (1 / total) if config.lr_final else 1.0
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma)
+        self.kl = KLWeight(config.kl_weight)
+        self.kl_schedule = KLSchedule(config.kl_schedule, config.kl_weight,
+                                      round(config.kl_warmup_epochs * self.steps_per_epoch), total, config.kl_cycles)
+        self.epoch, self.step, self.history = 0, 0, []
+
+    def train_epoch(self) -> float:
+        """One pass over the shuffled training set; returns the mean training objective."""
+        total, n = 0.0, len(self.data.train)
+        for index in torch.randperm(n, device=self.device).split(self.batch_size):
+            x = self.data.batch(index)
+            self.kl.weight = self.kl_schedule(self.step)
+            with self.kl:
+                loss = self.loss_fn(x) / len(index)
+            value = loss.item()
+            if not math.isfinite(value):
+                sites = nonfinite_sites(self.model, self.guide, x)
+                raise NonFiniteLossError(
+                    f"the training loss is {value} at step {self.step} (epoch {self.epoch + 1}); non-finite "
+                    f"log-density at {', '.join(sites) or 'no single site (check the gradients)'}. "
+                    "Lower train.lr, or check the data and the likelihood scale."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            total += value * len(index)
+        return total / n
+
+    def fit(self, checkpoint: str | Path | None = None, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+        """Train the remaining epochs; save to ``checkpoint`` every ``checkpoint_every`` epochs and at the end."""
+        every = self.config.checkpoint_every
+        bar = tqdm(range(self.epoch, self.config.epochs), desc="epochs", disable=not self.progress,
+                   initial=self.epoch, total=self.config.epochs, leave=False)
+        for _ in bar:
+            objective = self.train_epoch()
+            self.epoch += 1
+            row = {"epoch": self.epoch, "step": self.step, "kl_weight": self.kl.weight,
+                   "lr": self.optimizer.param_groups[0]["lr"], "train_objective": objective}
+            row |= {f"train_{k}": v for k, v in self.evaluate(self.data.train_eval[:TRAIN_EVAL_SIZE]).items()}
+            row |= {f"test_{k}": v for k, v in self.evaluate(self.data.test_eval).items()}
+            self.history.append(row)
+            bar.set_postfix(test_loss=f"{row['test_loss']:.2f}", recon=f"{row['test_recon']:.2f}",
+                            kl=f"{row['test_kl']:.2f}")
+            if checkpoint and ((every and self.epoch % every == 0) or self.epoch == self.config.epochs):
+                self.save(checkpoint)
+            if on_epoch:
+                on_epoch(row)
+        return self.history
+
+    def evaluate(self, data: torch.Tensor) -> dict:
+        """Negative ELBO and its terms on ``data`` (KL weight 1), nats per example, no optimiser step."""
+        return evaluate(self.model, self.guide, data, self.analytic_kl)
+
+    def state_dict(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"model": self.model.state_dict(), "guide": self.guide.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "epoch": self.epoch, "step": self.step, "history": self.history, "rng": rng,
+                "config": asdict(self.config)}
+
+    def save(self, path: str | Path) -> None:
+        save_tensors(path, self.state_dict())
+
+    def load(self, path: str | Path) -> None:
+        """Restore a checkpoint written by ``save``: training continues exactly where it stopped."""
+        state = load_tensors(path, self.device)
+        self.model.load_state_dict(state["model"])
+        self.guide.load_state_dict(state["guide"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
