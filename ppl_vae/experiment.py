@@ -166,9 +166,14 @@ def preflight(cell_configs: list[dict]) -> None:
     loaded: dict[str, Any] = {}
     for cell in cell_configs:
         key = json.dumps(cell["data"], sort_keys=True)
-        loaded[key] = loaded.get(key) or load_data(cell)
-        data, model, guide, train = build(cell, loaded[key])
-        Trainer(model, guide, data, train)
+        try:
+            loaded[key] = loaded.get(key) or load_data(cell)
+            data, model, guide, train = build(cell, loaded[key])
+            Trainer(model, guide, data, train)
+        except ConfigError:
+            raise
+        except ValueError as error:  # a value a constructor refused
+            raise ConfigError(f"{error} (in {json.dumps({k: cell[k] for k in SECTIONS if k in cell})})") from error
 
 
 def run_cell(experiment: str, cell_name: str, cell: dict, folder: Path, device: str = "cpu",

@@ -16,7 +16,7 @@ class ConfigError(ValueError):
     """A bad experiment configuration: the message names the key and the fix."""
 
 
-class IncompatiblePairError(ValueError):
+class IncompatiblePairError(ConfigError):
     """This guide (or estimator) cannot serve this model; the message says which would."""
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
+import pyro
 import torch
 from tqdm.auto import tqdm
 
@@ -134,6 +135,8 @@ class Trainer:
     def fit(self, checkpoint: str | Path | None = None, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
         """Train the remaining epochs; save to ``checkpoint`` every ``checkpoint_every`` epochs and at the end."""
         every = self.config.checkpoint_every
+        if self.step == 0:
+            pyro.set_rng_seed(self.config.seed)  # batches and samples follow the seed, whatever ran before
         bar = tqdm(range(self.epoch, self.config.epochs), desc="epochs", disable=not self.progress,
                    initial=self.epoch, total=self.config.epochs, leave=False)
         for _ in bar:

@@ -1,5 +1,7 @@
 """Shared fixtures: a clean Pyro state, a fixed seed and validation on for every test."""
 
+import struct
+
 import pyro
 import pytest
 import torch
@@ -43,3 +45,17 @@ def tiny_pair():
         return model, guide
 
     return make
+
+
+@pytest.fixture
+def fake_mnist(tmp_path):
+    """A root folder holding MNIST's four idx files (20 train, 8 test random images) where torchvision looks."""
+    raw = tmp_path / "mnist-root" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", 20), ("t10k", 8)):
+        pixels = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + pixels.numpy().tobytes())
+        labels = torch.arange(n, dtype=torch.uint8) % 10
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.numpy().tobytes())
+    return tmp_path / "mnist-root"

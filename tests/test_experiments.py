@@ -1,0 +1,174 @@
+"""Experiment files and the ``ppl-vae`` command: every bundled experiment runs end to end in the
+quick setting; bad files fail before any work and write nothing; run folders are never clobbered."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from ppl_vae import ConfigError
+from ppl_vae.cli import main
+from ppl_vae.experiment import bundled, run
+
+GOOD = """
+description = "a tiny valid experiment"
+[data]
+name = "bits"
+n = 4
+rows = 40
+[model]
+name = "vae"
+latent_dim = 1
+hidden = [8]
+[guide]
+name = "gaussian"
+[train]
+epochs = 2
+batch_size = 0
+"""
+
+
+def results(folder):
+    with open(folder / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("name", sorted(bundled()))
+def test_bundled_experiment_runs_quick(name, tmp_path, fake_mnist):
+    overrides = [f'data.root="{fake_mnist}"'] if name.startswith("mnist") else []
+    out = tmp_path / "run"
+    summaries = run(name, out, overrides, quick_run=True, progress=False)
+    assert len(results(out)) == len(summaries) >= 1
+    for s in summaries:
+        assert s["epochs"] == 2
+        assert all(math.isfinite(s[key]) for key in ("train_loss", "test_loss", "recon", "kl"))
+        assert s["test_loss"] == pytest.approx(s["recon"] + s["kl"], rel=1e-4)
+        folder = out / s["cell"] if s["cell"] else out
+        for file in ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "figures/loss.png"):
+            assert (folder / file).is_file(), file
+        assert len((folder / "metrics.jsonl").read_text().splitlines()) == 2
+        images = not s["data"].startswith("bits")
+        assert (folder / "figures" / "samples.png").is_file() == images
+        assert (folder / "figures" / "reconstructions.png").is_file() == images
+
+
+def test_grid_cells_are_independent_runs(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text(GOOD + '\n[grid]\n"data.n" = [1, 3]\n"train.seed" = [0, 1]\n')
+    summaries = run(path, tmp_path / "out", progress=False)
+    rows = results(tmp_path / "out")
+    assert [(r["data.n"], r["train.seed"]) for r in rows] == [("1", "0"), ("1", "1"), ("3", "0"), ("3", "1")]
+    assert {s["data"] for s in summaries} == {"bits-1", "bits-3"}
+    # a cell alone, from its own config, reproduces its grid result: cells share nothing
+    cell = json.loads((tmp_path / "out" / "data.n=3__train.seed=1" / "config.json").read_text())
+    alone = tmp_path / "alone.toml"
+    alone.write_text("\n".join(f"[{k}]\n" + "\n".join(f"{kk} = {json.dumps(vv)}" for kk, vv in v.items())
+                               for k, v in cell.items() if isinstance(v, dict)))
+    (single,) = run(alone, tmp_path / "alone", progress=False)
+    assert single["test_loss"] == summaries[3]["test_loss"]
+
+
+def test_parallel_jobs_give_the_same_results(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text(GOOD + '\n[grid]\n"train.seed" = [0, 1]\n')
+    serial = run(path, tmp_path / "serial", progress=False)
+    parallel = run(path, tmp_path / "parallel", jobs=2, progress=False)
+    assert [s["test_loss"] for s in serial] == [s["test_loss"] for s in parallel]
+
+
+BAD = [
+    ("[model]\nlatent_dims = 2", "unknown key 'latent_dims'"),
+    ("[model]\nlatent_dim = 'two'", "latent_dim = 'two' is invalid"),
+    ("[model]\nlikelihood = 'poisson'", "likelihood = 'poisson' is invalid"),
+    ("[train]\nepochs = 0", "epochs = 0 is out of range"),
+    ("[train]\nlearning_rate = 0.1", "unknown key(s) ['learning_rate']"),
+    ("[guide]\nname = 'structured'", "needs a model with latent sites z1 and z2"),
+    ("[data]\nname = 'cifar'", "unknown dataset 'cifar'"),
+    ("[data]\nn = 0", "n >= 1"),
+    ("[grid]\n'train.seed' = 3", "must be a non-empty list"),
+    ("[grid]\n'optimizer.lr' = [1]", "keys look like SECTION.KEY"),
+    ("colour = 'blue'", "unknown top-level key"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD, ids=[m for _, m in BAD])
+def test_bad_experiment_is_a_clear_error_and_writes_nothing(tmp_path, change, message):
+    import tomllib
+
+    config = tomllib.loads(GOOD)
+    for key, value in tomllib.loads(change).items():
+        if isinstance(value, dict) and key in config:
+            config[key].update(value)
+        else:
+            config[key] = value
+    path = tmp_path / "bad.toml"
+    path.write_text(toml_dumps(config))
+    with pytest.raises(ConfigError) as error:
+        run(path, tmp_path / "out", progress=False)
+    assert message in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def toml_dumps(config: dict) -> str:
+    top = [f"{k} = {json.dumps(v)}" for k, v in config.items() if not isinstance(v, dict)]
+    sections = [f"[{k}]\n" + "\n".join(f"{json.dumps(kk)} = {json.dumps(vv)}" for kk, vv in v.items())
+                for k, v in config.items() if isinstance(v, dict)]
+    return "\n".join(top + sections) + "\n"
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[model\nname = 'vae'")
+    with pytest.raises(ConfigError, match="broken.toml is not valid TOML"):
+        run(path, tmp_path / "out", progress=False)
+
+
+def test_existing_run_folder_is_kept_unless_forced(tmp_path):
+    path, out = tmp_path / "e.toml", tmp_path / "out"
+    path.write_text(GOOD)
+    run(path, out, progress=False)
+    summary = (out / "summary.json").read_text()
+    with pytest.raises(ConfigError, match="--force"):
+        run(path, out, ["train.seed=4"], progress=False)
+    assert (out / "summary.json").read_text() == summary
+    run(path, out, ["train.seed=4"], force=True, progress=False)
+    assert json.loads((out / "summary.json").read_text())["seed"] == 4
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+    path, out = tmp_path / "e.toml", tmp_path / "out"
+    path.write_text(GOOD)
+    (full,) = run(path, tmp_path / "full", ["train.epochs=4", "train.checkpoint_every=2"], progress=False)
+    (partial,) = run(path, out, ["train.epochs=2"], progress=False)
+    (out / "summary.json").unlink()  # as if stopped after its checkpoint
+    (resumed,) = run(path, out, ["train.epochs=4", "train.checkpoint_every=2"], resume=True, progress=False)
+    assert resumed["epochs"] == 4 and resumed["test_loss"] == full["test_loss"]
+
+
+def test_cli_list_and_errors(tmp_path, capsys):
+    assert main(["list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("digits-vae", "vae", "dlgm", "structured", "analytic", "digits"))
+    assert main(["run", "no-such-experiment", "--out", str(tmp_path / "x")]) == 2
+    assert "no experiment 'no-such-experiment'" in capsys.readouterr().err
+    assert main(["run", "digits-vae", "--set", "train.epochs", "--out", str(tmp_path / "x")]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="only meaningful without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    path = tmp_path / "e.toml"
+    path.write_text(GOOD)
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        run(path, tmp_path / "out", device="cuda", progress=False)
+
+
+def test_cli_runs_an_experiment(tmp_path, capsys):
+    path = tmp_path / "e.toml"
+    path.write_text(GOOD)
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--set", "train.epochs=1"]) == 0
+    assert "test -ELBO" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["epochs"] == 1

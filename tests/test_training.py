@@ -1,0 +1,100 @@
+"""The training loop: exact resume, NaN errors, determinism, evaluation without steps."""
+
+import pyro
+import pytest
+import torch
+
+from ppl_vae import GUIDES, MODELS, ConfigError, NonFiniteLossError, TrainConfig, Trainer
+from ppl_vae.data import Dataset
+
+
+def make_trainer(data, seed=0, **config):
+    pyro.set_rng_seed(seed)
+    model = MODELS["vae"](data.data_shape, latent_dim=2, hidden=[8])
+    guide = GUIDES["gaussian"](model)
+    options = {"epochs": 4, "batch_size": 8, "lr": 1e-2, "seed": seed, **config}
+    return Trainer(model, guide, data, TrainConfig(**options))
+
+
+def dynamic_data(n=40):
+    """Grey values binarised afresh each batch, so the run consumes RNG for data as well as for z."""
+    x = torch.rand(n, 6, generator=torch.Generator().manual_seed(1))
+    return Dataset("grey", x[:32], x[32:], binarize="dynamic")
+
+
+def params(trainer):
+    return {n: p.detach().clone() for n, p in trainer.loss_fn.named_parameters()}
+
+
+def test_resume_is_exact(tmp_path):
+    data, checkpoint = dynamic_data(), tmp_path / "checkpoint.pt"
+    straight = make_trainer(data, kl_schedule="linear", kl_warmup_epochs=3, lr_final=1e-3)
+    straight.fit()
+
+    def crash(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    interrupted = make_trainer(data, checkpoint_every=2, kl_schedule="linear", kl_warmup_epochs=3, lr_final=1e-3)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(checkpoint, on_epoch=crash)
+    torch.load(checkpoint, weights_only=True)  # loadable without unpickling arbitrary objects
+
+    pyro.set_rng_seed(999)  # a different RNG state: resume must restore its own
+    resumed = make_trainer(data, seed=5, checkpoint_every=2, kl_schedule="linear", kl_warmup_epochs=3,
+                           lr_final=1e-3)
+    resumed.load(checkpoint)
+    assert (resumed.epoch, resumed.step) == (2, 8)
+    resumed.fit()
+    assert resumed.history == straight.history
+    expected = params(straight)
+    assert all(torch.equal(p, expected[n]) for n, p in params(resumed).items())
+
+
+def test_same_seed_same_run_other_seed_other_run():
+    data = dynamic_data()
+    a, b, c = (make_trainer(data, seed=s, epochs=2) for s in (0, 0, 1))
+    assert a.fit() == b.fit()
+    assert c.fit() != a.history
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")  # Pyro's own warning; our error follows it
+def test_nan_stops_with_step_and_site(tiny_data):
+    trainer = make_trainer(tiny_data(), epochs=2)
+    with torch.no_grad():
+        trainer.model.decoder.mlp[-1].bias[0] = float("nan")
+    with pyro.validation_enabled(False), pytest.raises(NonFiniteLossError) as error:
+        trainer.fit()
+    message = str(error.value)
+    assert "at step 0 (epoch 1)" in message and "'x' (model)" in message and "'z'" not in message
+
+
+def test_evaluation_takes_no_step(tiny_data):
+    trainer = make_trainer(tiny_data(), epochs=1)
+    trainer.fit()
+    before, optimiser = params(trainer), repr(trainer.optimizer.state_dict())
+    trainer.evaluate(trainer.data.test_eval)
+    assert all(torch.equal(p, before[n]) for n, p in params(trainer).items())
+    assert repr(trainer.optimizer.state_dict()) == optimiser
+
+
+def test_history_reports_terms_in_nats_per_example(tiny_data):
+    history = make_trainer(tiny_data(), epochs=2).fit()
+    row = history[-1]
+    assert row["test_loss"] == pytest.approx(row["test_recon"] + row["test_kl"], rel=1e-5)
+    assert row["test_kl"] == pytest.approx(sum(row["test_kl_sites"].values()), rel=1e-5)
+    assert row["test_kl_sites"]["z"] == pytest.approx(sum(row["test_kl_dims"]["z"]), rel=1e-5)
+    assert len(row["test_kl_dims"]["z"]) == 2
+    assert 0 < row["test_recon"] < 6 * 5  # 6 Bernoulli pixels: a few nats, not summed over the batch
+
+
+def test_bernoulli_needs_binary_data():
+    x = torch.rand(16, 6)
+    with pytest.raises(ConfigError, match="binary"):
+        make_trainer(Dataset("grey", x[:12], x[12:]))
+
+
+@pytest.mark.parametrize("key, value", [("epochs", 0), ("lr", -1.0), ("kl_weight", -0.5), ("estimator", "nope")])
+def test_bad_train_config_is_refused(key, value):
+    with pytest.raises(ConfigError, match=key if key != "estimator" else "unknown estimator"):
+        TrainConfig(**{key: value})
