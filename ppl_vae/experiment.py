@@ -103,8 +103,7 @@ def cells(config: dict) -> list[tuple[str, dict, dict]]:
             raise ConfigError(f"[grid] {key} must be a non-empty list of values, got {values!r}")
     out = []
     for combo in itertools.product(*grid.values()):
-        cell = {k: v for k, v in config.items() if k != "grid"}
-        cell = copy.deepcopy(cell)
+        cell = copy.deepcopy({k: v for k, v in config.items() if k != "grid"})
         values = dict(zip(grid, combo))
         for key, value in values.items():
             set_key(cell, key, value)

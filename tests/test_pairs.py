@@ -73,7 +73,7 @@ def test_every_parameter_trains(tiny_pair, model_name, options, shape, guide_nam
     assert len(pyro.get_param_store()) == 0, "parameters leaked into Pyro's global param store"
 
 
-def test_structured_guide_refuses_one_layer_model(tiny_pair):
+def test_structured_guide_refuses_one_layer_model():
     model = MODELS["vae"]((6,), latent_dim=2, hidden=[8])
     with pytest.raises(IncompatiblePairError, match="z1 and z2"):
         GUIDES["structured"](model)
