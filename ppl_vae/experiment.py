@@ -193,7 +193,7 @@ def run_cell(experiment: str, cell_name: str, cell: dict, folder: Path, device: 
     figures = folder / "figures"
     plots.loss_curves(history, figures / "loss.png")
     if len(data.data_shape) == 3:
-        x = data.test_eval[:8]
+        x = trainer.data.test_eval[:8]  # on the training device
         plots.image_grid(torch.cat([x, diagnostics.reconstruct(model, guide, x)]), figures / "reconstructions.png")
         plots.image_grid(diagnostics.sample_prior(model, 64, trainer.device), figures / "samples.png")
     summary = {
