@@ -35,11 +35,14 @@ class Dataset:
     binarize: Binarize = "none"
     train_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
+    train_eval: torch.Tensor | None = None  # the fixed draws used for scoring; made here when not given
+    test_eval: torch.Tensor | None = None
 
     def __post_init__(self):
-        generator = torch.Generator(device=self.train.device).manual_seed(1234)
-        fixed = (lambda t: torch.bernoulli(t, generator=generator)) if self.binarize == "dynamic" else (lambda t: t)
-        self.train_eval, self.test_eval = fixed(self.train), fixed(self.test)
+        if self.train_eval is None or self.test_eval is None:
+            generator = torch.Generator(device=self.train.device).manual_seed(1234)
+            fixed = (lambda t: torch.bernoulli(t, generator=generator)) if self.binarize == "dynamic" else (lambda t: t)
+            self.train_eval, self.test_eval = fixed(self.train), fixed(self.test)
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -56,10 +59,8 @@ class Dataset:
 
     def to(self, device: torch.device | str) -> "Dataset":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        out = Dataset(self.name, move(self.train), move(self.test), self.binarize,
-                      move(self.train_labels), move(self.test_labels))
-        out.train_eval, out.test_eval = move(self.train_eval), move(self.test_eval)
-        return out
+        return Dataset(self.name, move(self.train), move(self.test), self.binarize, move(self.train_labels),
+                       move(self.test_labels), move(self.train_eval), move(self.test_eval))
 
 
 def split(x: torch.Tensor, labels: torch.Tensor | None, test_fraction: float, seed: int):
@@ -79,8 +80,8 @@ def _limit(ds: Dataset, limit: int | None) -> Dataset:
         return ds
     n_test = max(1, limit // 4)
     cut = lambda t, n: None if t is None else t[:n]  # noqa: E731
-    return Dataset(ds.name, ds.train[:limit], ds.test[:n_test], ds.binarize,
-                   cut(ds.train_labels, limit), cut(ds.test_labels, n_test))
+    return Dataset(ds.name, ds.train[:limit], ds.test[:n_test], ds.binarize, cut(ds.train_labels, limit),
+                   cut(ds.test_labels, n_test), cut(ds.train_eval, limit), cut(ds.test_eval, n_test))
 
 
 @DATASETS.register("bits")
