@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import pyro
 import pyro.distributions as dist
-from pyro.nn import PyroModule
 from torch import nn
 
 from ppl_vae.networks import Encoder, GaussianHead, Network, mlp
 from ppl_vae.registry import GUIDES, IncompatiblePairError
 
 
-class AmortisedGuide(PyroModule):
+class AmortisedGuide(nn.Module):
     """Shared trunk: an encoder of x whose widths and kind default to the model's.
 
     A subclass adds its output heads in ``build(width)`` and samples in ``forward``.

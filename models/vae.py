@@ -4,6 +4,11 @@ The contract every model keeps (and every guide relies on): ``forward(x)``
 samples its latents inside ``pyro.plate("data", len(x))`` and observes ``x``
 at the site ``"x"``; ``latent_dims`` maps latent site names, in model order,
 to their sizes; ``data_shape`` is the shape of one example.
+
+Models and guides are plain ``torch.nn.Module``s: a ``PyroModule`` issues a Pyro ``param``
+statement for every parameter each time it is touched, which costs more per step than the
+rest of Pyro's machinery (``ppl-vae bench``). Subclass ``PyroModule`` where you need
+``PyroParam`` or ``PyroSample``; the toolkit accepts either.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from typing import Literal
 
 import pyro
 import pyro.distributions as dist
-from pyro.nn import PyroModule
 from torch import nn
 
 from ppl_vae.networks import Decoder, GaussianHead, Network, mlp
@@ -24,7 +28,7 @@ Prior = Literal["normal", "mixture"]
 Likelihood = Literal["bernoulli", "gaussian", "gaussian-learned"]
 
 
-class GaussianVAE(PyroModule):
+class GaussianVAE(nn.Module):
     """p(z) p(x | z) with z ~ N(0, I) by default (Kingma & Welling 2014, Sec. 3).
 
     :param decoder: network z -> likelihood parameters of shape ``data_shape``.
@@ -51,7 +55,7 @@ class GaussianVAE(PyroModule):
             pyro.sample("x", self.likelihood(self.decoder(z), len(self.data_shape)), obs=x)
 
 
-class DLGM(PyroModule):
+class DLGM(nn.Module):
     """Two stochastic layers p(z2) p(z1 | z2) p(x | z1): the deep latent Gaussian model of
     Rezende, Mohamed & Wierstra (2014), Eq. 2, with L = 2.
 

@@ -15,11 +15,11 @@ pyro.settings.set(module_local_params=True)
 from ppl_vae import guides, models  # noqa: E402  (registers the bundled models and guides)
 from ppl_vae import objectives  # noqa: E402,F401  (registers the estimators)
 from ppl_vae.data import DATASETS, Dataset  # noqa: E402
-from ppl_vae.diagnostics import elbo_terms, evaluate  # noqa: E402
+from ppl_vae.diagnostics import elbo_terms, evaluate, importance_log_likelihood  # noqa: E402
 from ppl_vae.handlers import KLSchedule, KLWeight  # noqa: E402
 from ppl_vae.registry import ESTIMATORS, GUIDES, MODELS, ConfigError, IncompatiblePairError  # noqa: E402
 from ppl_vae.training import NonFiniteLossError, TrainConfig, Trainer  # noqa: E402
 
 __all__ = ["models", "guides", "MODELS", "GUIDES", "ESTIMATORS", "DATASETS", "Dataset", "KLWeight", "KLSchedule",
            "TrainConfig", "Trainer", "NonFiniteLossError", "ConfigError", "IncompatiblePairError", "elbo_terms",
-           "evaluate"]
+           "evaluate", "importance_log_likelihood"]

@@ -1,4 +1,4 @@
-"""The ``ppl-vae`` command: ``run`` an experiment, ``list`` what is bundled."""
+"""The ``ppl-vae`` command: ``run`` an experiment, ``list`` what is bundled, ``bench`` the speed."""
 
 from __future__ import annotations
 
@@ -42,11 +42,21 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--resume", action="store_true", help="continue an existing run folder from its checkpoints")
     run.add_argument("--jobs", type=int, default=1, help="grid cells to run in parallel (default: 1)")
     commands.add_parser("list", help="list bundled experiments, models, guides, estimators and datasets")
+    bench = commands.add_parser("bench", help="time the toolkit against hand-written PyTorch (not part of the tests)")
+    bench.add_argument("--out", default="runs/bench.json", help="results file (default: runs/bench.json)")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    bench.add_argument("--rounds", type=int, default=25, help="timed rounds per batch size (default: 25)")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes: checks that the benchmark runs, times nothing")
     args = parser.parse_args(argv)
 
     try:
         if args.command == "list":
             print(list_all())
+            return 0
+        if args.command == "bench":
+            from ppl_vae.bench import run as run_bench
+
+            run_bench(args.out, args.device, args.rounds, quick=args.quick)
             return 0
         from ppl_vae.experiment import run as run_experiment
 

@@ -1,4 +1,4 @@
-"""Per-datapoint ELBO terms for any model/guide pair.
+"""Per-datapoint ELBO terms and importance-weighted log-likelihoods for any model/guide pair.
 
 -ELBO(x) = recon(x) + sum_sites KL_site(x), with recon(x) = -E_q[log p(x | z)] and, per latent
 site, KL_site(x) = E_q[log q(z_s | .) - log p(z_s | .)] — a one-sample Monte Carlo estimate, or
@@ -9,13 +9,16 @@ Gaussians, point masses); their sum is the site's KL.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.distributions import Independent
 from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import kl_divergence
+from tqdm.auto import tqdm
 
 
 @dataclass
@@ -109,3 +112,58 @@ def sample_prior(model, n: int, device: str | torch.device = "cpu") -> torch.Ten
     """Means of p(x | z) for ``n`` draws z ~ p(z): what the model generates."""
     placeholder = torch.zeros(n, *model.data_shape, device=device)  # p(x | z) does not depend on the value
     return poutine.trace(model).get_trace(placeholder).nodes["x"]["fn"].mean
+
+
+def log_importance_weights(model, guide, *args, num_samples: int, **kwargs) -> torch.Tensor:
+    """log w = log p(x, z) - log q(z | x) for ``num_samples`` draws z ~ q per datapoint, shape
+    ``[num_samples, batch]``, with gradients; site scales (a KL weight) apply."""
+    with pyro.plate("particles", num_samples, dim=-2):
+        model_trace, guide_trace = trace_pair(model, guide, *args, **kwargs)
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    log_w = sum(s["log_prob"] for s in model_trace.nodes.values() if s["type"] == "sample")
+    return log_w - sum(s["log_prob"] for s in guide_trace.nodes.values() if s["type"] == "sample")
+
+
+@dataclass
+class ImportanceEstimate:
+    """Per-datapoint ``log_px`` (the importance-weighted estimate of log p(x)) and ``elbo`` (the mean
+    log-weight, a one-sample-ELBO average) from the same draws, in nats; ``gap`` = log_px - elbo."""
+
+    log_px: torch.Tensor
+    elbo: torch.Tensor
+
+    @property
+    def gap(self) -> torch.Tensor:
+        """The variational gap, an estimate of KL(q(z | x) || p(z | x)) (>= 0 up to noise)."""
+        return self.log_px - self.elbo
+
+
+@torch.no_grad()
+def importance_log_likelihood(model, guide, data: torch.Tensor, num_samples: int = 5000, chunk_size: int = 250,
+                              batch_size: int = 100, progress: bool = False) -> ImportanceEstimate:
+    """log p(x) ~ log (1/K) sum_k p(x, z_k) / q(z_k | x), z_k ~ q(z | x), per datapoint: the IWAE
+    bound of Burda et al. (2016), Eq. 8, which rises to log p(x) as K grows (their Theorem 1).
+
+    The K draws are taken ``chunk_size`` at a time and folded into a running log-sum-exp, so
+    memory grows with ``chunk_size * batch_size``, not with K.
+
+    :param num_samples: K, importance samples per datapoint (5,000 in Burda et al.).
+    :param chunk_size: samples drawn at once per datapoint.
+    :param batch_size: datapoints scored at once.
+    """
+    if min(num_samples, chunk_size, batch_size) < 1:
+        raise ValueError(f"num_samples, chunk_size and batch_size must be >= 1, got "
+                         f"{num_samples}, {chunk_size}, {batch_size}")
+    chunks = [min(chunk_size, num_samples - start) for start in range(0, num_samples, chunk_size)]
+    log_px, elbo = [], []
+    for x in tqdm(data.split(batch_size), desc="log p(x)", disable=not progress, leave=False):
+        log_sum = torch.full((len(x),), -math.inf, device=x.device)
+        total = torch.zeros(len(x), device=x.device)
+        for k in chunks:
+            log_w = log_importance_weights(model, guide, x, num_samples=k)
+            log_sum = torch.logaddexp(log_sum, log_w.logsumexp(0))
+            total += log_w.sum(0)
+        log_px.append(log_sum - math.log(num_samples))
+        elbo.append(total / num_samples)
+    return ImportanceEstimate(torch.cat(log_px), torch.cat(elbo))

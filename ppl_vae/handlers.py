@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from pyro.poutine.messenger import Messenger
 
 
@@ -23,7 +24,9 @@ class KLWeight(Messenger):
     that sets ``weight`` each step gives KL annealing; ``weight = 0`` with a point-mass guide
     gives the plain deterministic autoencoder.
 
-    :param float weight: non-negative weight; may be changed between steps.
+    :param weight: non-negative weight, a number or a 0-dim tensor (which a captured training
+        loss takes as an input, so a schedule can change it without re-tracing); may be changed
+        between steps.
 
     >>> import pyro, pyro.distributions as dist, pyro.poutine as poutine
     >>> def model():
@@ -35,17 +38,17 @@ class KLWeight(Messenger):
     (0.5, 1.0)
     """
 
-    def __init__(self, weight: float = 1.0):
+    def __init__(self, weight: float | torch.Tensor = 1.0):
         super().__init__()
         self.weight = weight
 
     @property
-    def weight(self) -> float:
+    def weight(self) -> float | torch.Tensor:
         return self._weight
 
     @weight.setter
-    def weight(self, value: float) -> None:
-        if not value >= 0:
+    def weight(self, value: float | torch.Tensor) -> None:
+        if not torch.is_tensor(value) and not value >= 0:  # a tensor is not read back: no host sync
             raise ValueError(f"the KL weight must be >= 0, got {value}")
         self._weight = value
 

@@ -2,11 +2,16 @@
 is an ``ELBOModule`` whose ``forward(x)`` is the differentiable loss (negative bound, summed
 over the batch) and whose ``parameters()`` are the pair's.
 
-- ``mc``: Monte Carlo KL, ``Trace_ELBO`` (Kingma & Welling 2014, Eq. 7). Valid for every pair.
-- ``analytic``: analytic KL where registered, ``TraceMeanField_ELBO`` (Kingma & Welling 2014,
-  Eq. 10). Refuses guides that are not mean-field, where it would be wrong.
+- ``mc``: Monte Carlo KL (Kingma & Welling 2014, Eq. 7). Valid for every pair.
+- ``analytic``: analytic KL where registered (Kingma & Welling 2014, Eq. 10). Refuses guides
+  that are not mean-field, where it would be wrong.
 - ``iw``: the importance-weighted bound of Burda et al. (2016), Eq. 8, with K particles,
   a log-mean-exp per datapoint.
+
+The loss never leaves the device: Pyro's ``Trace_ELBO.differentiable_loss`` reads each site's
+log-density back to the host and hooks a NaN check on the gradient, a host-device
+synchronisation per step on a GPU. Here tracing, particles and validation are Pyro's, and only
+the final sum is our own.
 """
 
 from __future__ import annotations
@@ -14,23 +19,46 @@ from __future__ import annotations
 import math
 
 import torch
-import pyro
-from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import ELBO, Trace_ELBO
+from torch.distributions import kl_divergence
 
-from ppl_vae.diagnostics import trace_pair
+from ppl_vae.diagnostics import log_importance_weights, trace_pair
 from ppl_vae.registry import ESTIMATORS, IncompatiblePairError
 
 
-class AnalyticKLELBO(TraceMeanField_ELBO):
-    """``TraceMeanField_ELBO`` that raises for a guide declaring ``mean_field = False``.
+class DeviceELBO(ELBO):
+    """``loss`` and ``loss_and_grads`` derived from ``differentiable_loss``, so every form of an
+    estimator gives the same number; a subclass implements ``differentiable_loss`` only."""
 
-    Its analytic KL at a site integrates that site out while holding the others at their
-    sampled values, which is wrong when a latent's model parent is its guide descendant —
-    exactly the 2-layer DLGM with bottom-up inference q(z1|x) q(z2|z1).
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return loss.item()
+
+
+class TraceELBO(DeviceELBO, Trace_ELBO):
+    """-ELBO = -E_q[log p(x, z) - log q(z | x)], summed over sites and data, averaged over particles.
+
+    For a reparameterised guide the surrogate loss of ``Trace_ELBO`` is the loss itself; a guide
+    with non-reparameterisable sites takes Pyro's score-function surrogate.
+
+    :param analytic_kl: replace log q - log p of each latent site by KL(q || p) in closed form
+        where one is registered (``TraceMeanField_ELBO``'s estimator); needs a mean-field guide:
+        for the 2-layer DLGM with bottom-up inference q(z1|x) q(z2|z1) the closed form at z1
+        would hold z2 fixed while z2 depends on z1.
     """
 
+    def __init__(self, num_particles: int = 1, analytic_kl: bool = False):
+        super().__init__(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+        self.analytic_kl = analytic_kl
+
     def _get_traces(self, model, guide, args, kwargs):
-        if not getattr(guide, "mean_field", True):
+        if self.analytic_kl and not getattr(guide, "mean_field", True):
             raise IncompatiblePairError(
                 f"estimator 'analytic' is invalid for guide {type(guide).__name__}: it is not mean-field "
                 "(a latent's guide depends on another latent), so the analytic KL would be wrong; "
@@ -38,8 +66,34 @@ class AnalyticKLELBO(TraceMeanField_ELBO):
             )
         yield from super()._get_traces(model, guide, args, kwargs)
 
+    def _site_term(self, model_site, guide_site) -> torch.Tensor:
+        """log p - log q of one latent site, summed, with the site's scale (the KL weight)."""
+        if self.analytic_kl:
+            try:
+                kl = kl_divergence(guide_site["fn"], model_site["fn"])
+                return -scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
+            except NotImplementedError:
+                pass  # no closed form registered: Monte Carlo
+        return model_site["log_prob_sum"] - guide_site["log_prob_sum"]
 
-class ImportanceWeightedELBO(ELBO):
+    def _elbo_particle(self, model_trace, guide_trace) -> torch.Tensor:
+        sites = [(name, site) for name, site in model_trace.nodes.items() if site["type"] == "sample"]
+        if not all(guide_trace.nodes[n]["fn"].has_rsample for n, s in sites if not s["is_observed"]):
+            if self.analytic_kl:
+                raise IncompatiblePairError("estimator 'analytic' needs a reparameterised guide; use 'mc'")
+            value, surrogate = self._differentiable_loss_particle(model_trace, guide_trace)
+            return -(value + (surrogate - surrogate.detach()))
+        elbo = 0.0
+        for name, site in sites:
+            elbo = elbo + (site["log_prob_sum"] if site["is_observed"] else self._site_term(site, guide_trace.nodes[name]))
+        return elbo
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        elbo = sum(self._elbo_particle(m, g) for m, g in self._get_traces(model, guide, args, kwargs))
+        return -elbo / self.num_particles
+
+
+class ImportanceWeightedELBO(DeviceELBO):
     """The IWAE bound sum_n log (1/K) sum_k p(x_n, z_nk) / q(z_nk | x_n), z_nk ~ q(z | x_n)
     (Burda, Grosse & Salakhutdinov 2016, Eq. 8). K = 1 is the ELBO.
 
@@ -53,42 +107,24 @@ class ImportanceWeightedELBO(ELBO):
     def _get_trace(self, model, guide, args, kwargs):
         return trace_pair(model, guide, *args, **kwargs)
 
-    def log_weights(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        """log p(x, z) - log q(z | x) with shape ``[num_particles, batch]``; latent scales apply."""
-        with pyro.plate("particles", self.num_particles, dim=-2):
-            model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
-        model_trace.compute_log_prob()
-        guide_trace.compute_log_prob()
-        log_w = sum(s["log_prob"] for s in model_trace.nodes.values() if s["type"] == "sample")
-        return log_w - sum(s["log_prob"] for s in guide_trace.nodes.values() if s["type"] == "sample")
-
-    def differentiable_loss(self, model, guide, *args, **kwargs):
-        log_w = self.log_weights(model, guide, *args, **kwargs)
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        log_w = log_importance_weights(model, guide, *args, num_samples=self.num_particles, **kwargs)
         return -(log_w.logsumexp(0) - math.log(self.num_particles)).sum()
-
-    def loss(self, model, guide, *args, **kwargs):
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs):
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return loss.item()
 
 
 @ESTIMATORS.register("mc")
 def mc(num_particles: int = 1) -> ELBO:
-    """Monte Carlo ELBO (Trace_ELBO), particles vectorised; valid for every pair."""
-    return Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+    """Monte Carlo ELBO (Trace_ELBO's estimator), particles vectorised; valid for every pair."""
+    return TraceELBO(num_particles)
 
 
 @ESTIMATORS.register("analytic")
 def analytic(num_particles: int = 1) -> ELBO:
-    """ELBO with the KL in closed form where registered (TraceMeanField_ELBO); mean-field guides only."""
-    return AnalyticKLELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+    """ELBO with the KL in closed form where registered (TraceMeanField_ELBO's); mean-field guides only."""
+    return TraceELBO(num_particles, analytic_kl=True)
 
 
 @ESTIMATORS.register("iw")
 def iw(num_particles: int = 5) -> ELBO:
     """Importance-weighted bound with K = num_particles (Burda et al. 2016), per datapoint."""
-    return ImportanceWeightedELBO(num_particles=num_particles)
+    return ImportanceWeightedELBO(num_particles)

@@ -4,7 +4,8 @@ The estimator turns the pair into an ``ELBOModule`` (a ``torch.nn.Module`` whose
 the loss and whose ``parameters()`` are the model's and the guide's), and a plain ``torch.optim.Adam``
 steps it. With ``pyro.settings.set(module_local_params=True)`` (set on import of ``ppl_vae``) the
 parameters live in the modules, not in Pyro's global param store, so two pairs never share them
-and networks held as plain ``nn.Module`` children are trained too.
+and networks held as plain ``nn.Module`` children are trained too. Data stay on the training
+device and batches are drawn by index; losses are read back once per epoch.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from tqdm.auto import tqdm
 
 from ppl_vae.data import Dataset
 from ppl_vae.diagnostics import evaluate, trace_pair
-from ppl_vae.handlers import KLSchedule, KLWeight
+from ppl_vae.capture import TrainingLoss
+from ppl_vae.handlers import KLSchedule
 from ppl_vae.io import load_tensors, save_tensors
 from ppl_vae.registry import ESTIMATORS, ConfigError
 
@@ -44,6 +46,7 @@ class TrainConfig:
     kl_cycles: int = 4  # cyclical schedule: number of ramps over the run
     seed: int = 0  # seeds parameters, batches and samples: the same seed gives the same run
     checkpoint_every: int = 5  # epochs between checkpoints (the last epoch is always saved)
+    capture: bool = True  # replay the loss as a captured graph (ppl_vae.capture); false = run the pair eagerly
 
     def __post_init__(self):
         checks = {
@@ -56,6 +59,16 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"[train] {key} = {getattr(self, key)!r} is out of range")
         ESTIMATORS[self.estimator]  # unknown name -> ConfigError listing the registered ones
+
+
+def adam(params, lr: float) -> torch.optim.Adam:
+    """torch's Adam, fused into one kernel over all parameters where the device supports it
+    (about 5x faster than the per-tensor loop for a 784-512-512-32 VAE on a CPU), else the default."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError):  # fused kernels need floating-point parameters on a supported device
+        return torch.optim.Adam(params, lr=lr)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -100,27 +113,73 @@ class Trainer:
         self.batch_size = min(config.batch_size or n, n)
         self.steps_per_epoch = math.ceil(n / self.batch_size)
         total = config.epochs * self.steps_per_epoch
-        self.optimizer = torch.optim.Adam(self.loss_fn.parameters(), lr=config.lr)
+        self.optimizer = adam(self.loss_fn.parameters(), config.lr)
         gamma = (config.lr_final / config.lr) ** (1 / total) if config.lr_final else 1.0
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma)
-        self.kl = KLWeight(config.kl_weight)
+        self.loss = TrainingLoss(self.loss_fn, config.capture)
+        self.kl_weight = torch.zeros((), device=self.device)  # an input of the captured loss, set each step
         self.kl_schedule = KLSchedule(config.kl_schedule, config.kl_weight,
                                       round(config.kl_warmup_epochs * self.steps_per_epoch), total, config.kl_cycles)
         self.epoch, self.step, self.history = 0, 0, []
+        self._start: list[torch.Tensor] = []  # the state at the start of the epoch, for a replay
 
     def train_epoch(self) -> float:
-        """One pass over the shuffled training set; returns the mean training objective."""
-        total, n = 0.0, len(self.data.train)
-        for index in torch.randperm(n, device=self.device).split(self.batch_size):
+        """One pass over the shuffled training set; returns the mean training objective.
+
+        Losses stay on the device and are read back once, at the end of the epoch: no
+        host-device synchronisation per step. If one was not finite, the epoch is replayed from
+        a snapshot of its start, checking every step, so the error names the first bad step and
+        its sites as that step saw them.
+        """
+        self._snapshot()
+        objective = self._run_epoch(check=False).item() / len(self.data.train)
+        if not math.isfinite(objective):
+            self._restore()
+            self._run_epoch(check=True)
+            raise NonFiniteLossError(f"the training objective of epoch {self.epoch + 1} was {objective}, but a "
+                                     "replay of the epoch stayed finite: the run is not deterministic here")
+        return objective
+
+    def _live_tensors(self) -> list[torch.Tensor]:
+        """Parameters, buffers and optimiser state: what a training step changes in place."""
+        state = [v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        return [*self.loss_fn.parameters(), *self.loss_fn.buffers(), *state]
+
+    def _snapshot(self) -> None:
+        """Copy the training state into buffers kept from epoch to epoch (no allocation once warm)."""
+        live = [t.detach() for t in self._live_tensors()]
+        if [t.shape for t in self._start] != [t.shape for t in live]:
+            self._start = [t.clone() for t in live]
+        else:
+            for saved, t in zip(self._start, live):
+                saved.copy_(t)
+        rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        self._start_meta = (self.step, self.scheduler.state_dict(), torch.get_rng_state(), rng,
+                            len(self.optimizer.state))
+
+    def _restore(self) -> None:
+        self.step, scheduler, rng, cuda_rng, optimizer_states = self._start_meta
+        if not optimizer_states:  # the snapshot preceded the first step: Adam had no state yet
+            self.optimizer.state.clear()
+        with torch.no_grad():
+            for t, saved in zip(self._live_tensors(), self._start):
+                t.copy_(saved)
+        self.scheduler.load_state_dict(scheduler)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, self.device)
+
+    def _run_epoch(self, check: bool) -> torch.Tensor:
+        """Step through one shuffled epoch; the summed training objective, on the device."""
+        total = torch.zeros((), device=self.device)
+        for index in torch.randperm(len(self.data.train), device=self.device).split(self.batch_size):
             x = self.data.batch(index)
-            self.kl.weight = self.kl_schedule(self.step)
-            with self.kl:
-                loss = self.loss_fn(x) / len(index)
-            value = loss.item()
-            if not math.isfinite(value):
+            self.kl_weight.fill_(self.kl_schedule(self.step))
+            loss = self.loss(x, self.kl_weight) / len(index)
+            if check and not torch.isfinite(loss):
                 sites = nonfinite_sites(self.model, self.guide, x)
                 raise NonFiniteLossError(
-                    f"the training loss is {value} at step {self.step} (epoch {self.epoch + 1}); non-finite "
+                    f"the training loss is {loss.item()} at step {self.step} (epoch {self.epoch + 1}); non-finite "
                     f"log-density at {', '.join(sites) or 'no single site (check the gradients)'}. "
                     "Lower train.lr, or check the data and the likelihood scale."
                 )
@@ -129,8 +188,8 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
-            total += value * len(index)
-        return total / n
+            total += loss.detach() * len(index)
+        return total
 
     def fit(self, checkpoint: str | Path | None = None, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
         """Train the remaining epochs; save to ``checkpoint`` every ``checkpoint_every`` epochs and at the end."""
@@ -142,7 +201,7 @@ class Trainer:
         for _ in bar:
             objective = self.train_epoch()
             self.epoch += 1
-            row = {"epoch": self.epoch, "step": self.step, "kl_weight": self.kl.weight,
+            row = {"epoch": self.epoch, "step": self.step, "kl_weight": self.kl_schedule(self.step - 1),
                    "lr": self.optimizer.param_groups[0]["lr"], "train_objective": objective}
             row |= {f"train_{k}": v for k, v in self.evaluate(self.data.train_eval[:TRAIN_EVAL_SIZE]).items()}
             row |= {f"test_{k}": v for k, v in self.evaluate(self.data.test_eval).items()}
@@ -168,12 +227,7 @@ class Trainer:
                 "epoch": self.epoch, "step": self.step, "history": self.history, "rng": rng,
                 "config": asdict(self.config)}
 
-    def save(self, path: str | Path) -> None:
-        save_tensors(path, self.state_dict())
-
-    def load(self, path: str | Path) -> None:
-        """Restore a checkpoint written by ``save``: training continues exactly where it stopped."""
-        state = load_tensors(path, self.device)
+    def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.guide.load_state_dict(state["guide"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -182,3 +236,10 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+
+    def save(self, path: str | Path) -> None:
+        save_tensors(path, self.state_dict())
+
+    def load(self, path: str | Path) -> None:
+        """Restore a checkpoint written by ``save``: training continues exactly where it stopped."""
+        self.load_state_dict(load_tensors(path, self.device))

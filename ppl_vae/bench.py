@@ -1,0 +1,240 @@
+"""Benchmarks behind ``ppl-vae bench``: what a Pyro model/guide pair costs over hand-written PyTorch.
+
+Not part of the test run; speed goals live here. Everything is measured in one process, the
+variants interleaved round by round (in alternating order), and medians reported.
+
+- ``train``: time per training step of the same Gaussian VAE (784-512-512-32, Bernoulli
+  decoder) written by hand in PyTorch and trained by the toolkit's default path
+  (``Trainer.train_epoch``: the registered ``vae``/``gaussian`` pair, the ``mc`` estimator),
+  both with data on the device, index batching, the same Adam, and one read-back per epoch.
+  Before timing, both take the same steps from the same parameters and noise, and their
+  losses and parameters must agree.
+- ``iw``: the importance-weighted log-likelihood (``importance_log_likelihood``) at K samples per
+  datapoint for two chunk sizes: datapoints x samples per second and peak memory, each
+  configuration in a fresh process so one's allocations cannot hide another's.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import math
+import multiprocessing
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+
+import pyro
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ppl_vae.data import DATASETS, Dataset
+from ppl_vae.diagnostics import importance_log_likelihood
+from ppl_vae.io import write_json
+from ppl_vae.registry import GUIDES, MODELS
+from ppl_vae.training import TrainConfig, Trainer, adam
+
+LOG_2PI = math.log(2 * math.pi)
+#: the benchmark VAE: 784-512-512-32 with a Bernoulli decoder
+HIDDEN, LATENT = [512, 512], 32
+
+
+class HandWrittenVAE(nn.Module):
+    """The Gaussian VAE in plain PyTorch: -ELBO with a one-sample Monte Carlo KL, the toolkit's
+    default estimator (Kingma & Welling 2014, Eq. 7), summed over the batch.
+
+    :param encoder: x -> features; ``head``: features -> (loc, scale); ``decoder``: z -> logits.
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.encoder, self.head, self.decoder = encoder, head, decoder
+
+    @classmethod
+    def copy_of(cls, model, guide) -> "HandWrittenVAE":
+        """A copy of a ``vae``/``gaussian`` pair's networks: the same parameters, separately trained."""
+        return cls(*copy.deepcopy((guide.encoder, guide.heads["z"], model.decoder)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        loc, scale = self.head(self.encoder(x))
+        eps = torch.randn_like(loc)
+        z = loc + scale * eps
+        log_px = -F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum(-1)
+        log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
+        log_qz = -(0.5 * eps.pow(2) + scale.log() + 0.5 * LOG_2PI).sum(-1)
+        return (log_qz - log_pz - log_px).sum()
+
+
+def hand_written_epoch(vae: HandWrittenVAE, optimizer: torch.optim.Optimizer, train: torch.Tensor,
+                       batch_size: int) -> float:
+    """One shuffled epoch the way it is written by hand; the mean training objective."""
+    total = torch.zeros((), device=train.device)
+    for index in torch.randperm(len(train), device=train.device).split(batch_size):
+        x = train[index]
+        loss = vae(x) / len(index)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(index)
+    return total.item() / len(train)
+
+
+def _machine(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text()).group(1)
+    except (OSError, AttributeError):
+        pass
+    info = {"cpu": cpu, "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__, "pyro": pyro.__version__, "device": str(device),
+            "date": datetime.date.today().isoformat()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_train(batch_size: int, rows: int, rounds: int, device: torch.device, hidden=HIDDEN,
+                latent=LATENT, log=print) -> dict:
+    """Median time per step of the hand-written and the toolkit's training epoch at ``batch_size``."""
+    digits = DATASETS["digits"](binarize="static")
+    pixels = digits.train.flatten(1)
+    train = pixels.repeat(math.ceil(rows / len(pixels)), 1)[: max(1, rows // batch_size) * batch_size]
+    data = Dataset("digits-tiled", train, digits.test.flatten(1)[:256], binarize="static")
+
+    pyro.set_rng_seed(0)
+    model = MODELS["vae"]((train.shape[1],), latent_dim=latent, hidden=hidden)
+    guide = GUIDES["gaussian"](model)
+    hand = HandWrittenVAE.copy_of(model, guide).to(device)
+    trainer = Trainer(model, guide, data, TrainConfig(batch_size=batch_size, lr=1e-3), device=device)
+    hand_optimizer, train = adam(hand.parameters(), 1e-3), trainer.data.train
+
+    # the same steps from the same parameters and noise give the same losses
+    check = Dataset("check", trainer.data.train[: 4 * batch_size], trainer.data.test, binarize="static")
+    losses = {}
+    for name, epoch in (("toolkit", Trainer(model, guide, check, trainer.config, device=device).train_epoch),
+                        ("pytorch", lambda: hand_written_epoch(hand, hand_optimizer, check.train, batch_size))):
+        pyro.set_rng_seed(1)
+        losses[name] = [epoch() for _ in range(3)]  # mean loss of 4 steps, three times over
+    loss_rel_diff = max(abs(a - b) / abs(b) for a, b in zip(losses["toolkit"], losses["pytorch"]))
+
+    variants = {"pytorch": lambda: hand_written_epoch(hand, hand_optimizer, train, batch_size),
+                "toolkit": trainer.train_epoch}
+    steps = math.ceil(len(train) / batch_size)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for round_ in range(rounds + 1):  # round 0 warms up and is not counted
+        order = list(variants) if round_ % 2 else list(reversed(variants))
+        for name in order:
+            _sync(device)
+            start = time.perf_counter()
+            variants[name]()
+            _sync(device)
+            if round_:
+                times[name].append((time.perf_counter() - start) / steps * 1000)
+        if round_:
+            log(f"  batch {batch_size} round {round_}/{rounds}: "
+                + ", ".join(f"{n} {t[-1]:.2f} ms/step" for n, t in times.items()))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    paired = statistics.median(a / b for a, b in zip(times["toolkit"], times["pytorch"]))
+    return {"batch_size": batch_size, "steps_per_round": steps, "rounds": rounds,
+            "ms_per_step": medians, "ms_per_step_rounds": times,
+            "step_ratio": medians["toolkit"] / medians["pytorch"], "median_paired_ratio": paired,
+            "loss_check": {"epochs_of_4_steps": losses, "max_rel_diff": loss_rel_diff, "equal": loss_rel_diff < 1e-5}}
+
+
+def _resident_mib(field: str) -> float:
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
+
+
+def _iw_worker(config: dict, device: str, queue) -> None:
+    """Run one importance-weighted estimate in this (fresh) process; report time and peak memory."""
+    torch.set_num_threads(config["threads"])
+    device = torch.device(device)
+    pyro.set_rng_seed(0)
+    model = MODELS["vae"]((784,), latent_dim=LATENT, hidden=HIDDEN).to(device)
+    guide = GUIDES["gaussian"](model).to(device)
+    x = DATASETS["digits"](binarize="static").test.flatten(1)[: config["datapoints"]].to(device)
+    options = dict(num_samples=config["num_samples"], chunk_size=config["chunk_size"], batch_size=config["datapoints"])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set size (Linux)
+        base = _resident_mib("VmRSS")
+    start = time.perf_counter()
+    estimate = importance_log_likelihood(model, guide, x, **options)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    else:
+        peak = _resident_mib("VmHWM") - base
+    seconds = time.perf_counter() - start
+    queue.put({**config, "seconds": seconds, "samples_per_s": config["datapoints"] * config["num_samples"] / seconds,
+               "peak_mib": peak, "mean_log_px": estimate.log_px.mean().item()})
+
+
+def bench_iw(num_samples: list[int], chunk_sizes: list[int], datapoints: int, device: torch.device,
+             log=print) -> list[dict]:
+    """Importance-weighted log-likelihood throughput and peak memory per (K, chunk size)."""
+    if device.type == "cpu" and not Path("/proc/self/clear_refs").exists():
+        log("  (peak memory on the CPU needs Linux's /proc; skipped)")
+        return []
+    context, rows = multiprocessing.get_context("spawn"), []
+    for k in num_samples:
+        for chunk in chunk_sizes:
+            config = {"num_samples": k, "chunk_size": chunk, "datapoints": datapoints, "threads": torch.get_num_threads()}
+            queue = context.Queue()
+            worker = context.Process(target=_iw_worker, args=(config, str(device), queue))
+            worker.start()
+            rows.append(queue.get())
+            worker.join()
+            log(f"  K {k} chunk {chunk}: {rows[-1]['samples_per_s']:,.0f} datapoint-samples/s, "
+                f"peak {rows[-1]['peak_mib']:.0f} MiB")
+    return rows
+
+
+def run(out: str | Path = "runs/bench.json", device: str = "cpu", rounds: int = 25, rows: int = 8192,
+        quick: bool = False, log=print) -> dict:
+    """Run every benchmark, print a table and write the results (JSON) to ``out``."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch.cuda.is_available() is False")
+    sizes = dict(rows=512, hidden=[32], latent=4) if quick else dict(rows=rows)
+    rounds = 1 if quick else rounds
+    log(f"training steps, {'quick' if quick else '784-512-512-32 VAE'} on {device}:")
+    train = [bench_train(b, rounds=rounds, device=device, log=log, **sizes) for b in (128, 1024)]
+    log("importance-weighted log-likelihood:")
+    iw = bench_iw([200] if quick else [1000, 5000], [50, 100] if quick else [100, 1000], 4 if quick else 20, device,
+                  log)
+    result = {"machine": _machine(device), "quick": quick, "train": train, "iw": iw}
+    result |= {f"step_ratio_b{r['batch_size']}": r["step_ratio"] for r in train}
+    write_json(out, result)
+    log(table(result))
+    log(f"written to {out}")
+    return result
+
+
+def table(result: dict) -> str:
+    """The results as Markdown tables."""
+    m = result["machine"]
+    lines = [f"{m['date']}, {m['cpu']} ({m['threads']} threads), {m['device']}, torch {m['torch']}, pyro {m['pyro']}",
+             "", "| batch | hand-written PyTorch ms/step | toolkit ms/step | ratio | median paired ratio | equal losses |",
+             "|---:|---:|---:|---:|---:|:---:|"]
+    for r in result["train"]:
+        t = r["ms_per_step"]
+        lines.append(f"| {r['batch_size']} | {t['pytorch']:.2f} | {t['toolkit']:.2f} | {r['step_ratio']:.3f} | "
+                     f"{r['median_paired_ratio']:.3f} | "
+                     f"{'yes' if r['loss_check']['equal'] else 'NO'} |")
+    if result["iw"]:
+        lines += ["", "| K | chunk | datapoints | datapoint-samples/s | peak MiB |", "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['num_samples']} | {r['chunk_size']} | {r['datapoints']} | {r['samples_per_s']:,.0f} | "
+                  f"{r['peak_mib']:.0f} |" for r in result["iw"]]
+    return "\n".join(lines)
