@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="time the toolkit against hand-written PyTorch (not part of the tests)")
     bench.add_argument("--out", default="runs/bench.json", help="results file (default: runs/bench.json)")
     bench.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    bench.add_argument("--rounds", type=int, default=25, help="timed rounds per batch size (default: 25)")
+    bench.add_argument("--rounds", type=int, default=41, help="timed rounds per batch size (default: 41)")
     bench.add_argument("--quick", action="store_true", help="tiny sizes: checks that the benchmark runs, times nothing")
     args = parser.parse_args(argv)
 

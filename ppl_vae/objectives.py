@@ -16,7 +16,9 @@ the final sum is our own.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 
 import torch
 from pyro.distributions.util import scale_and_mask
@@ -83,14 +85,14 @@ class TraceELBO(DeviceELBO, Trace_ELBO):
                 raise IncompatiblePairError("estimator 'analytic' needs a reparameterised guide; use 'mc'")
             value, surrogate = self._differentiable_loss_particle(model_trace, guide_trace)
             return -(value + (surrogate - surrogate.detach()))
-        elbo = 0.0
-        for name, site in sites:
-            elbo = elbo + (site["log_prob_sum"] if site["is_observed"] else self._site_term(site, guide_trace.nodes[name]))
-        return elbo
+        terms = [site["log_prob_sum"] if site["is_observed"] else self._site_term(site, guide_trace.nodes[name])
+                 for name, site in sites]
+        return functools.reduce(operator.add, terms)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        elbo = sum(self._elbo_particle(m, g) for m, g in self._get_traces(model, guide, args, kwargs))
-        return -elbo / self.num_particles
+        particles = [self._elbo_particle(m, g) for m, g in self._get_traces(model, guide, args, kwargs)]
+        elbo = functools.reduce(operator.add, particles)  # no "0 +" or "/ 1": each is a step in the graph
+        return -elbo if self.num_particles == 1 else -elbo / self.num_particles
 
 
 class ImportanceWeightedELBO(DeviceELBO):

@@ -1,0 +1,42 @@
+"""The benchmark's baseline and plumbing (never its timings: speed goals live in ``ppl-vae bench``)."""
+
+import json
+
+import pyro
+import pytest
+import torch
+
+from ppl_vae import ESTIMATORS, GUIDES, MODELS
+from ppl_vae import bench
+
+
+def test_hand_written_vae_computes_the_toolkit_loss():
+    """From the same parameters and noise, the hand-written loss and its gradients are the mc estimator's."""
+    model = MODELS["vae"]((12,), latent_dim=3, hidden=[16, 8])
+    guide = GUIDES["gaussian"](model)
+    hand = bench.HandWrittenVAE.copy_of(model, guide)
+    x = torch.bernoulli(torch.full((5, 12), 0.3))
+    results = []
+    for loss_fn, params in ((lambda: ESTIMATORS["mc"]()(model, guide)(x), [*guide.parameters(), *model.parameters()]),
+                            (lambda: hand(x), [*hand.encoder.parameters(), *hand.head.parameters(),
+                                               *hand.decoder.parameters()])):
+        pyro.set_rng_seed(4)
+        loss = loss_fn()
+        results.append([loss.detach(), *torch.autograd.grad(loss, params)])
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(*results))
+
+
+def test_quick_training_bench_checks_losses():
+    result = bench.bench_train(128, rows=256, rounds=1, device=torch.device("cpu"), hidden=[16], latent=2,
+                               log=lambda *_: None)
+    assert result["loss_check"]["equal"] and result["loss_check"]["max_rel_diff"] < 1e-5
+    assert set(result["ms_per_step"]) == {"pytorch", "toolkit"} and result["steps_per_round"] == 2
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_its_results(tmp_path):
+    out = tmp_path / "bench.json"
+    bench.run(out, quick=True, log=lambda *_: None)
+    result = json.loads(out.read_text())
+    assert {"step_ratio_b128", "step_ratio_b1024", "machine", "train", "iw"} <= set(result)
+    assert [r["chunk_size"] for r in result["iw"]] == [50, 100]
