@@ -33,14 +33,18 @@ class CaptureWarning(UserWarning):
     """The pair could not be captured and runs eagerly (slower, otherwise the same)."""
 
 
-def _rng_state(device: torch.device):
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """torch's random state, and the GPU's when ``device`` is one (as tensors: checkpoints keep it)."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def _set_rng_state(state, device: torch.device) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def _reason(error: BaseException) -> str:
@@ -87,7 +91,7 @@ class TrainingLoss:
         return graph(*self.state, x, weight)
 
     def _first(self, x: torch.Tensor, weight: torch.Tensor, key: tuple) -> torch.Tensor:
-        before = _rng_state(x.device)
+        before = rng_state(x.device)
         loss = self._eager(x, weight)
         self.graphs[key] = self._capture(x, weight, loss.detach(), before) if self.capture else None
         return loss
@@ -107,11 +111,11 @@ class TrainingLoss:
             return None
         graph.graph.eliminate_dead_code()
         graph.recompile()
-        rng_after = _rng_state(x.device)
-        _set_rng_state(rng_before, x.device)
+        rng_after = rng_state(x.device)
+        set_rng_state(rng_before, x.device)
         with torch.no_grad():
             replayed = graph(*self.state, x, weight)
-        _set_rng_state(rng_after, x.device)
+        set_rng_state(rng_after, x.device)
         if not torch.allclose(replayed, expected, rtol=1e-5, atol=1e-5, equal_nan=True):
             warnings.warn(f"the captured training loss gave {replayed.item()} where the pair gives "
                           f"{expected.item()} from the same random state; running eagerly", CaptureWarning,

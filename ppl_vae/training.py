@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ppl_vae.data import Dataset
 from ppl_vae.diagnostics import evaluate, trace_pair
-from ppl_vae.capture import TrainingLoss
+from ppl_vae.capture import TrainingLoss, rng_state, set_rng_state
 from ppl_vae.handlers import KLSchedule
 from ppl_vae.io import load_tensors, save_tensors
 from ppl_vae.registry import ESTIMATORS, ConfigError
@@ -153,21 +153,17 @@ class Trainer:
         else:
             for saved, t in zip(self._start, live):
                 saved.copy_(t)
-        rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        self._start_meta = (self.step, self.scheduler.state_dict(), torch.get_rng_state(), rng,
-                            len(self.optimizer.state))
+        self._start_meta = (self.step, self.scheduler.state_dict(), rng_state(self.device), len(self.optimizer.state))
 
     def _restore(self) -> None:
-        self.step, scheduler, rng, cuda_rng, optimizer_states = self._start_meta
+        self.step, scheduler, rng, optimizer_states = self._start_meta
         if not optimizer_states:  # the snapshot preceded the first step: Adam had no state yet
             self.optimizer.state.clear()
         with torch.no_grad():
             for t, saved in zip(self._live_tensors(), self._start):
                 t.copy_(saved)
         self.scheduler.load_state_dict(scheduler)
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state(cuda_rng, self.device)
+        set_rng_state(rng, self.device)
 
     def _run_epoch(self, check: bool) -> torch.Tensor:
         """Step through one shuffled epoch; the summed training objective, on the device."""
@@ -219,12 +215,9 @@ class Trainer:
         return evaluate(self.model, self.guide, data, self.analytic_kl)
 
     def state_dict(self) -> dict:
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {"model": self.model.state_dict(), "guide": self.guide.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "epoch": self.epoch, "step": self.step, "history": self.history, "rng": rng,
+                "epoch": self.epoch, "step": self.step, "history": self.history, "rng": rng_state(self.device),
                 "config": asdict(self.config)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -233,9 +226,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        set_rng_state(state["rng"], self.device)
 
     def save(self, path: str | Path) -> None:
         save_tensors(path, self.state_dict())
