@@ -6,7 +6,8 @@ variants interleaved round by round (in alternating order), and medians reported
 - ``train``: time per training step of the same Gaussian VAE (784-512-512-32, Bernoulli
   decoder) written by hand in PyTorch and trained by the toolkit's default path
   (``Trainer.train_epoch``: the registered ``vae``/``gaussian`` pair, the ``mc`` estimator),
-  both with data on the device, index batching, the same Adam, and one read-back per epoch.
+  both with data on the device, index batching, the same Adam, and one read-back per epoch;
+  and, for reference, the toolkit with ``capture=False`` (Pyro run eagerly every step).
   Each round times one epoch of each, back to back; ``step_ratio`` is the median over rounds
   of the toolkit's time per step divided by hand-written PyTorch's in the same round, which
   keeps a slow spell of a shared machine from landing on one side only (the ratio of the two
@@ -128,12 +129,14 @@ def bench_train(batch_size: int, rows: int, rounds: int, device: torch.device, h
         losses[name] = [epoch() for _ in range(3)]  # mean loss of 4 steps, three times over
     loss_rel_diff = max(abs(a - b) / abs(b) for a, b in zip(losses["toolkit"], losses["pytorch"]))
 
+    eager_pair = copy.deepcopy((model, guide))
+    eager = Trainer(*eager_pair, data, TrainConfig(batch_size=batch_size, lr=1e-3, capture=False), device=device)
     variants = {"pytorch": lambda: hand_written_epoch(hand, hand_optimizer, train, batch_size),
-                "toolkit": trainer.train_epoch}
+                "toolkit": trainer.train_epoch, "toolkit-eager": eager.train_epoch}
     steps = math.ceil(len(train) / batch_size)
     times: dict[str, list[float]] = {name: [] for name in variants}
     for round_ in range(rounds + 1):  # round 0 warms up and is not counted
-        order = list(variants) if round_ % 2 else list(reversed(variants))
+        order = list(variants) if round_ % 2 else list(reversed(variants))  # alternating order
         for name in order:
             _sync(device)
             start = time.perf_counter()
@@ -149,6 +152,7 @@ def bench_train(batch_size: int, rows: int, rounds: int, device: torch.device, h
             "ms_per_step": medians, "ms_per_step_rounds": times,
             "step_ratio": statistics.median(a / b for a, b in zip(times["toolkit"], times["pytorch"])),
             "ratio_of_medians": medians["toolkit"] / medians["pytorch"],
+            "eager_step_ratio": statistics.median(a / b for a, b in zip(times["toolkit-eager"], times["pytorch"])),
             "loss_check": {"epochs_of_4_steps": losses, "max_rel_diff": loss_rel_diff, "equal": loss_rel_diff < 1e-5}}
 
 
@@ -229,13 +233,13 @@ def table(result: dict) -> str:
     """The results as Markdown tables."""
     m = result["machine"]
     lines = [f"{m['date']}, {m['cpu']} ({m['threads']} threads), {m['device']}, torch {m['torch']}, pyro {m['pyro']}",
-             "", "| batch | hand-written PyTorch ms/step | toolkit ms/step | step ratio | ratio of medians | equal losses |",
-             "|---:|---:|---:|---:|---:|:---:|"]
+             "", "| batch | hand-written PyTorch ms/step | toolkit ms/step | step ratio | ratio of medians | equal losses "
+             "| eager toolkit ms/step | eager step ratio |", "|---:|---:|---:|---:|---:|:---:|---:|---:|"]
     for r in result["train"]:
         t = r["ms_per_step"]
         lines.append(f"| {r['batch_size']} | {t['pytorch']:.2f} | {t['toolkit']:.2f} | {r['step_ratio']:.3f} | "
                      f"{r['ratio_of_medians']:.3f} | "
-                     f"{'yes' if r['loss_check']['equal'] else 'NO'} |")
+                     f"{'yes' if r['loss_check']['equal'] else 'NO'} | {t['toolkit-eager']:.2f} | {r['eager_step_ratio']:.3f} |")
     if result["iw"]:
         lines += ["", "| K | chunk | datapoints | datapoint-samples/s | peak MiB |", "|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['num_samples']} | {r['chunk_size']} | {r['datapoints']} | {r['samples_per_s']:,.0f} | "
