@@ -149,7 +149,8 @@ def bench_train(batch_size: int, rows: int, rounds: int, device: torch.device, h
                 + ", ".join(f"{n} {t[-1]:.2f} ms/step" for n, t in times.items()))
     medians = {name: statistics.median(t) for name, t in times.items()}
     return {"batch_size": batch_size, "steps_per_round": steps, "rounds": rounds,
-            "ms_per_step": medians, "ms_per_step_rounds": times,
+            "ms_per_step": medians, "steps_per_s": {name: 1000 / t for name, t in medians.items()},
+            "ms_per_step_rounds": times,
             "step_ratio": statistics.median(a / b for a, b in zip(times["toolkit"], times["pytorch"])),
             "ratio_of_medians": medians["toolkit"] / medians["pytorch"],
             "eager_step_ratio": statistics.median(a / b for a, b in zip(times["toolkit-eager"], times["pytorch"])),
