@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyro
 import torch
+from arviz_stats.base import array_stats
 from pyro import poutine
 from pyro.distributions import Independent
 from pyro.poutine.util import prune_subsample_sites
@@ -23,11 +25,13 @@ from tqdm.auto import tqdm
 
 @dataclass
 class ElboTerms:
-    """Per-datapoint terms in nats: ``recon`` ``[B]``, ``kl[site]`` ``[B]``, ``kl_dims[site]`` ``[B, D]``."""
+    """Per-datapoint terms in nats: ``recon`` ``[B]``, ``kl[site]`` ``[B]``, ``kl_dims[site]`` ``[B, D]``,
+    and ``recon_dims`` ``[B, *data_shape]`` where the likelihood factorises over data dimensions."""
 
     recon: torch.Tensor
     kl: dict[str, torch.Tensor]
     kl_dims: dict[str, torch.Tensor] = field(default_factory=dict)
+    recon_dims: torch.Tensor | None = None
 
     @property
     def loss(self) -> torch.Tensor:
@@ -66,18 +70,20 @@ def elbo_terms(model, guide, x: torch.Tensor, analytic_kl: bool = False) -> Elbo
     weight the pair is trained with.
     """
     model_trace, guide_trace = trace_pair(model, guide, x)
-    recon = torch.zeros(x.shape[0], device=x.device)
+    recon, recon_dims = torch.zeros(x.shape[0], device=x.device), None
     kl, kl_dims = {}, {}
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample":
             continue
         if site["is_observed"]:
             recon = recon - site["fn"].log_prob(site["value"])
+            if isinstance(site["fn"], Independent):
+                recon_dims = -site["fn"].base_dist.log_prob(site["value"])
         else:
             kl[name], per_dim = _site_kl(guide_trace.nodes[name]["fn"], site["fn"], site["value"], analytic_kl)
             if per_dim is not None:
                 kl_dims[name] = per_dim
-    return ElboTerms(recon, kl, kl_dims)
+    return ElboTerms(recon, kl, kl_dims, recon_dims)
 
 
 @torch.no_grad()
@@ -125,13 +131,30 @@ def log_importance_weights(model, guide, *args, num_samples: int, **kwargs) -> t
     return log_w - sum(s["log_prob"] for s in guide_trace.nodes.values() if s["type"] == "sample")
 
 
+def psis_khat(log_weights: torch.Tensor) -> torch.Tensor:
+    """Pareto k-hat of the importance weights of each datapoint, ``log_weights`` ``[K, B]`` -> ``[B]``:
+    the shape of a generalised Pareto fit to the largest weights (Vehtari et al. 2024, PSIS, Sec. 3),
+    by ArviZ. Above 0.7 the importance-weighted estimate is unreliable. Weights that agree to within
+    0.1% (q equal to the posterior, up to rounding) have no tail to fit and get -inf.
+    """
+    lw = log_weights.detach().double().cpu().numpy().T
+    khat = np.full(lw.shape[0], -np.inf)
+    varied = (lw.max(1) - lw.min(1)) > 1e-3
+    if varied.any():
+        # ArviZ follows the LOO convention (it smooths exp(-ary)): pass -log w to smooth w
+        khat[varied] = array_stats.psislw(-lw[varied], axis=-1)[1]
+    return torch.as_tensor(khat, dtype=torch.float32)
+
+
 @dataclass
 class ImportanceEstimate:
     """Per-datapoint ``log_px`` (the importance-weighted estimate of log p(x)) and ``elbo`` (the mean
-    log-weight, a one-sample-ELBO average) from the same draws, in nats; ``gap`` = log_px - elbo."""
+    log-weight, a one-sample-ELBO average) from the same draws, in nats; ``gap`` = log_px - elbo;
+    ``khat``, the PSIS k-hat of each datapoint's weights, where asked for."""
 
     log_px: torch.Tensor
     elbo: torch.Tensor
+    khat: torch.Tensor | None = None
 
     @property
     def gap(self) -> torch.Tensor:
@@ -141,7 +164,7 @@ class ImportanceEstimate:
 
 @torch.no_grad()
 def importance_log_likelihood(model, guide, data: torch.Tensor, num_samples: int = 5000, chunk_size: int = 250,
-                              batch_size: int = 100, progress: bool = False) -> ImportanceEstimate:
+                              batch_size: int = 100, khat: bool = False, progress: bool = False) -> ImportanceEstimate:
     """log p(x) ~ log (1/K) sum_k p(x, z_k) / q(z_k | x), z_k ~ q(z | x), per datapoint: the IWAE
     bound of Burda et al. (2016), Eq. 8, which rises to log p(x) as K grows (their Theorem 1).
 
@@ -151,19 +174,25 @@ def importance_log_likelihood(model, guide, data: torch.Tensor, num_samples: int
     :param num_samples: K, importance samples per datapoint (5,000 in Burda et al.).
     :param chunk_size: samples drawn at once per datapoint.
     :param batch_size: datapoints scored at once.
+    :param khat: also give the PSIS k-hat per datapoint (keeps K x ``batch_size`` weights at a time).
     """
     if min(num_samples, chunk_size, batch_size) < 1:
         raise ValueError(f"num_samples, chunk_size and batch_size must be >= 1, got "
                          f"{num_samples}, {chunk_size}, {batch_size}")
     chunks = [min(chunk_size, num_samples - start) for start in range(0, num_samples, chunk_size)]
-    log_px, elbo = [], []
+    log_px, elbo, khats = [], [], []
     for x in tqdm(data.split(batch_size), desc="log p(x)", disable=not progress, leave=False):
         log_sum = torch.full((len(x),), -math.inf, device=x.device)
         total = torch.zeros(len(x), device=x.device)
+        kept = []
         for k in chunks:
             log_w = log_importance_weights(model, guide, x, num_samples=k)
             log_sum = torch.logaddexp(log_sum, log_w.logsumexp(0))
             total += log_w.sum(0)
+            if khat:
+                kept.append(log_w.cpu())
         log_px.append(log_sum - math.log(num_samples))
         elbo.append(total / num_samples)
-    return ImportanceEstimate(torch.cat(log_px), torch.cat(elbo))
+        if khat:
+            khats.append(psis_khat(torch.cat(kept)))
+    return ImportanceEstimate(torch.cat(log_px), torch.cat(elbo), torch.cat(khats) if khat else None)

@@ -147,3 +147,15 @@ def test_importance_log_likelihood_does_not_fall_as_k_grows():
 def test_importance_log_likelihood_refuses_sizes_below_one(option):
     with pytest.raises(ValueError, match="must be >= 1"):
         importance_log_likelihood(LinearGaussian(), LinearGuide(0.1, 0.5), X, **{option: 0})
+
+
+def test_psis_khat_separates_good_from_poor_proposals():
+    """Pareto k-hat of the weights (ArviZ): -inf for the exact posterior (constant weights), low for a
+    proposal wider than the posterior, above 0.7 for one much narrower (infinite-variance weights,
+    k = 1 - var_q / var_post ~ 0.9)."""
+    def khat(var):
+        return importance_log_likelihood(LinearGaussian(), LinearGuide(POST_GAIN, var), X, num_samples=4000,
+                                         chunk_size=1000, khat=True).khat
+    assert torch.isneginf(khat(POST_VAR)).all()
+    assert (khat(2 * POST_VAR) < 0.5).all()
+    assert (khat(0.1 * POST_VAR) > 0.7).all()

@@ -1,0 +1,112 @@
+"""Posterior-collapse diagnostics for any model/guide pair: is the latent used, and by how much?
+
+- ``posterior_means`` and ``active_units``: a latent dimension is active when its posterior mean
+  moves with x, Cov_x(E_q[z_d | x]) > 0.01 (Burda, Grosse & Salakhutdinov 2016, Sec. 5.2).
+- ``latent_information``: the average KL split as in Hoffman & Johnson (2016), Eq. 3,
+  E_x KL(q(z|x) || p(z)) = I_q(x; z) + KL(q(z) || p(z)), with q(z) = (1/N) sum_n q(z | x_n) the
+  aggregate posterior over the N data. A collapsed pair has all three at zero.
+
+All latent sites are taken jointly (z = (z1, z2) for the 2-layer DLGM), draws are Monte Carlo
+from the guide, and every density is the guide's or the model's own ``log_prob``, so any pair
+with a guide whose density can be evaluated (Gaussian, structured, flows) is covered.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import prune_subsample_sites
+
+#: Burda et al. (2016): a unit is active when Cov_x(E_q[u | x]) exceeds this
+ACTIVE_THRESHOLD = 0.01
+
+
+def _latent_sites(trace, names=None) -> dict:
+    """The sample sites of a trace that are latent (or, given ``names``, those named: conditioned ones)."""
+    return {name: site for name, site in prune_subsample_sites(trace).nodes.items()
+            if site["type"] == "sample" and (name in names if names is not None else not site["is_observed"])}
+
+
+@torch.no_grad()
+def posterior_means(guide, data: torch.Tensor, num_samples: int = 1, batch_size: int = 1000) -> dict[str, torch.Tensor]:
+    """E_q[z | x] per datapoint and latent site, ``{site: [N, D]}``.
+
+    Each site's distribution mean is averaged over ``num_samples`` draws of the sites it depends
+    on: exact with one draw for a mean-field Gaussian guide, Rao-Blackwellised for a structured one;
+    where a distribution has no closed-form mean (a flow) its draws are averaged instead.
+    """
+    means: dict[str, list[torch.Tensor]] = {}
+    for x in data.split(batch_size):
+        with pyro.plate("particles", num_samples, dim=-2):
+            sites = _latent_sites(poutine.trace(guide).get_trace(x))
+        for name, site in sites.items():
+            try:
+                mean = site["fn"].mean
+            except NotImplementedError:
+                mean = site["value"]
+            mean = mean.expand(num_samples, len(x), *site["fn"].event_shape)
+            means.setdefault(name, []).append(mean.mean(0))
+    return {name: torch.cat(parts) for name, parts in means.items()}
+
+
+@torch.no_grad()
+def active_units(guide, data: torch.Tensor, num_samples: int = 1, threshold: float = ACTIVE_THRESHOLD) -> dict:
+    """Active latent dimensions (Burda et al. 2016, Sec. 5.2): ``{"count": int, "sites": {site: int},
+    "variance": {site: [Cov_x(E_q[z_d | x]) per dimension]}}``."""
+    variance = {name: mean.var(0, unbiased=False) for name, mean in posterior_means(guide, data, num_samples).items()}
+    sites = {name: int((v > threshold).sum()) for name, v in variance.items()}
+    return {"count": sum(sites.values()), "sites": sites, "variance": {n: v.tolist() for n, v in variance.items()}}
+
+
+def _log_q(guide, data: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log q(z_i | x_m) for draws ``values`` (``{site: [I, D]}``) against every datapoint: ``[I, M]``."""
+    conditioned = {name: v.unsqueeze(-2) for name, v in values.items()}  # [I, 1, D]: broadcasts over the data
+    sites = _latent_sites(poutine.trace(poutine.condition(guide, data=conditioned)).get_trace(data), values)
+    return sum(site["fn"].log_prob(site["value"]) for site in sites.values())
+
+
+def _log_p(model, data: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log p(z_i) under the model's prior over its latent sites, ``[I]``."""
+    conditioned = {name: v.unsqueeze(-2) for name, v in values.items()}
+    sites = _latent_sites(poutine.trace(poutine.condition(model, data=conditioned)).get_trace(data[:1]), values)
+    return sum(site["fn"].log_prob(site["value"]) for site in sites.values()).reshape(-1)
+
+
+@dataclass
+class LatentInformation:
+    """Nats per datapoint: ``kl`` = E_x KL(q(z|x) || p(z)) = ``mi`` + ``marginal_kl``."""
+
+    kl: float
+    mi: float
+    marginal_kl: float
+
+
+@torch.no_grad()
+def latent_information(model, guide, data: torch.Tensor, num_samples: int = 1,
+                       chunk_size: int = 1000) -> LatentInformation:
+    """The average KL, the mutual information I_q(x; z) and the marginal KL(q(z) || p(z)) of
+    Hoffman & Johnson (2016), Eq. 3, over ``data`` (N datapoints, all latent sites jointly).
+
+    z_i ~ q(z | x_n(i)), ``num_samples`` per datapoint; log q(z_i) = logmeanexp_m log q(z_i | x_m)
+    over all N data, so the cost is N * num_samples * N guide densities, ``chunk_size`` draws at a
+    time. I_q(x; z) <= log N: with few data it is biased low for a well-used latent.
+    """
+    with pyro.plate("particles", num_samples, dim=-2):
+        draws = _latent_sites(poutine.trace(guide).get_trace(data))
+    values = {name: site["value"].expand(num_samples, len(data), *site["fn"].event_shape).transpose(0, 1)
+              .reshape(len(data) * num_samples, -1) for name, site in draws.items()}  # [N * S, D], datapoint-major
+    owner = torch.arange(len(data), device=data.device).repeat_interleave(num_samples)
+    own, aggregate, prior = [], [], []
+    for start in range(0, len(owner), chunk_size):
+        chunk = {name: v[start:start + chunk_size] for name, v in values.items()}
+        log_q = _log_q(guide, data, chunk)
+        own.append(log_q.gather(1, owner[start:start + chunk_size, None]).squeeze(1))
+        aggregate.append(log_q.logsumexp(1) - math.log(len(data)))
+        prior.append(_log_p(model, data, chunk))
+    own, aggregate, prior = torch.cat(own), torch.cat(aggregate), torch.cat(prior)
+    return LatentInformation(kl=(own - prior).mean().item(), mi=(own - aggregate).mean().item(),
+                             marginal_kl=(aggregate - prior).mean().item())
