@@ -39,8 +39,10 @@ class ElboTerms:
         return self.recon + sum(self.kl.values())
 
 
-def _site_kl(q, p, z, analytic: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """KL of one site per datapoint and, where both sides factorise, per dimension."""
+def site_kl(q, p, z, analytic: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """KL(q || p) of one site at draws ``z`` of q, per datapoint and, where both sides factorise over
+    dimensions, per dimension: in closed form where ``analytic`` and one is registered, else
+    log q(z) - log p(z). Unscaled."""
     factorised = isinstance(q, Independent) and isinstance(p, Independent) and q.reinterpreted_batch_ndims == 1
     if analytic:
         try:
@@ -80,7 +82,7 @@ def elbo_terms(model, guide, x: torch.Tensor, analytic_kl: bool = False) -> Elbo
             if isinstance(site["fn"], Independent):
                 recon_dims = -site["fn"].base_dist.log_prob(site["value"])
         else:
-            kl[name], per_dim = _site_kl(guide_trace.nodes[name]["fn"], site["fn"], site["value"], analytic_kl)
+            kl[name], per_dim = site_kl(guide_trace.nodes[name]["fn"], site["fn"], site["value"], analytic_kl)
             if per_dim is not None:
                 kl_dims[name] = per_dim
     return ElboTerms(recon, kl, kl_dims, recon_dims)

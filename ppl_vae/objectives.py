@@ -23,10 +23,9 @@ import operator
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO, Trace_ELBO
-from torch.distributions import kl_divergence
 
-from ppl_vae.diagnostics import log_importance_weights, trace_pair
-from ppl_vae.registry import ESTIMATORS, IncompatiblePairError
+from ppl_vae.diagnostics import log_importance_weights, site_kl, trace_pair
+from ppl_vae.registry import ESTIMATORS, ConfigError, IncompatiblePairError
 
 
 class DeviceELBO(ELBO):
@@ -53,11 +52,14 @@ class TraceELBO(DeviceELBO, Trace_ELBO):
         where one is registered (``TraceMeanField_ELBO``'s estimator); needs a mean-field guide:
         for the 2-layer DLGM with bottom-up inference q(z1|x) q(z2|z1) the closed form at z1
         would hold z2 fixed while z2 depends on z1.
+    :param free_bits: nats per latent dimension that the KL may use for free (Kingma et al.
+        2016, Eq. 15): each dimension's KL, averaged over the batch, counts as at least this
+        much, so below it the KL pushes no dimension towards the prior. 0 = off.
     """
 
-    def __init__(self, num_particles: int = 1, analytic_kl: bool = False):
+    def __init__(self, num_particles: int = 1, analytic_kl: bool = False, free_bits: float = 0.0):
         super().__init__(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
-        self.analytic_kl = analytic_kl
+        self.analytic_kl, self.free_bits = analytic_kl, free_bits
 
     def _get_traces(self, model, guide, args, kwargs):
         if self.analytic_kl and not getattr(guide, "mean_field", True):
@@ -69,14 +71,17 @@ class TraceELBO(DeviceELBO, Trace_ELBO):
         yield from super()._get_traces(model, guide, args, kwargs)
 
     def _site_term(self, model_site, guide_site) -> torch.Tensor:
-        """log p - log q of one latent site, summed, with the site's scale (the KL weight)."""
-        if self.analytic_kl:
-            try:
-                kl = kl_divergence(guide_site["fn"], model_site["fn"])
-                return -scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
-            except NotImplementedError:
-                pass  # no closed form registered: Monte Carlo
-        return model_site["log_prob_sum"] - guide_site["log_prob_sum"]
+        """-KL of one latent site, summed over the batch, with the site's scale (the KL weight)."""
+        if not (self.analytic_kl or self.free_bits):
+            return model_site["log_prob_sum"] - guide_site["log_prob_sum"]  # log p - log q, already summed
+        q = guide_site["fn"]
+        kl, kl_dims = site_kl(q, model_site["fn"], guide_site["value"], self.analytic_kl)
+        if self.free_bits:
+            # per dimension where the site factorises, else for the site as a whole
+            per_dim = (kl_dims if kl_dims is not None else kl.unsqueeze(-1)).reshape(kl.numel(), -1)
+            floor = self.free_bits * (1 if kl_dims is not None else q.event_shape.numel())
+            kl = per_dim.mean(0).clamp(min=floor).sum() * kl.numel()
+        return -scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
 
     def _elbo_particle(self, model_trace, guide_trace) -> torch.Tensor:
         sites = [(name, site) for name, site in model_trace.nodes.items() if site["type"] == "sample"]
@@ -115,18 +120,21 @@ class ImportanceWeightedELBO(DeviceELBO):
 
 
 @ESTIMATORS.register("mc")
-def mc(num_particles: int = 1) -> ELBO:
+def mc(num_particles: int = 1, free_bits: float = 0.0) -> ELBO:
     """Monte Carlo ELBO (Trace_ELBO's estimator), particles vectorised; valid for every pair."""
-    return TraceELBO(num_particles)
+    return TraceELBO(num_particles, free_bits=free_bits)
 
 
 @ESTIMATORS.register("analytic")
-def analytic(num_particles: int = 1) -> ELBO:
+def analytic(num_particles: int = 1, free_bits: float = 0.0) -> ELBO:
     """ELBO with the KL in closed form where registered (TraceMeanField_ELBO's); mean-field guides only."""
-    return TraceELBO(num_particles, analytic_kl=True)
+    return TraceELBO(num_particles, analytic_kl=True, free_bits=free_bits)
 
 
 @ESTIMATORS.register("iw")
-def iw(num_particles: int = 5) -> ELBO:
+def iw(num_particles: int = 5, free_bits: float = 0.0) -> ELBO:
     """Importance-weighted bound with K = num_particles (Burda et al. 2016), per datapoint."""
+    if free_bits:
+        raise ConfigError("free bits apply to a KL term, which the importance-weighted bound has not: "
+                          "use estimator 'mc' or 'analytic' with free_bits, or set free_bits = 0")
     return ImportanceWeightedELBO(num_particles)

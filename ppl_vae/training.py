@@ -40,6 +40,7 @@ class TrainConfig:
     lr_final: float | None = None  # decay exponentially to this by the last step; None = constant
     estimator: str = "mc"  # registered ELBO estimator: mc | analytic | iw
     num_particles: int = 1  # samples of z per datapoint in the training objective
+    free_bits: float = 0.0  # nats per latent dimension the KL may use for free (Kingma et al. 2016); 0 = off
     kl_weight: float = 1.0  # beta: 1 = ELBO, > 1 = beta-VAE, 0 with guide "delta" = plain autoencoder
     kl_schedule: Literal["constant", "linear", "cyclical"] = "constant"  # how the weight reaches kl_weight
     kl_warmup_epochs: float = 0.0  # linear schedule: epochs to ramp the weight from 0
@@ -51,14 +52,14 @@ class TrainConfig:
     def __post_init__(self):
         checks = {
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 0, "lr": self.lr > 0,
-            "lr_final": self.lr_final is None or self.lr_final > 0, "num_particles": self.num_particles >= 1,
+            "lr_final": self.lr_final is None or self.lr_final > 0, "num_particles": self.num_particles >= 1, "free_bits": self.free_bits >= 0,
             "kl_weight": self.kl_weight >= 0, "kl_warmup_epochs": self.kl_warmup_epochs >= 0,
             "kl_cycles": self.kl_cycles >= 1, "checkpoint_every": self.checkpoint_every >= 0,
         }
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"[train] {key} = {getattr(self, key)!r} is out of range")
-        ESTIMATORS[self.estimator]  # unknown name -> ConfigError listing the registered ones
+        ESTIMATORS[self.estimator](self.num_particles, self.free_bits)  # unknown name or bad pairing -> ConfigError
 
 
 def adam(params, lr: float) -> torch.optim.Adam:
@@ -103,7 +104,7 @@ class Trainer:
         self.device = torch.device(device)
         self.model, self.guide = model.to(self.device), guide.to(self.device)
         self.data, self.config, self.progress = data.to(self.device), config, progress
-        self.loss_fn = ESTIMATORS[config.estimator](config.num_particles)(self.model, self.guide)
+        self.loss_fn = ESTIMATORS[config.estimator](config.num_particles, config.free_bits)(self.model, self.guide)
         self.analytic_kl = config.estimator == "analytic"
         likelihood = getattr(model, "likelihood", None)
         if getattr(likelihood, "needs_binary_data", False) and not data.is_binary:

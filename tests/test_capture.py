@@ -31,11 +31,13 @@ def trainer_for(data, **config):
     return Trainer(model, GUIDES["gaussian"](model), data, TrainConfig(**options))
 
 
-def test_captured_run_is_the_eager_run(tiny_data):
+@pytest.mark.parametrize("free_bits", [0.0, 0.3])
+def test_captured_run_is_the_eager_run(tiny_data, free_bits):
     """Same history and parameters, under a KL weight that changes every step (linear warm-up)
     and with a partial last batch, which gets a graph of its own."""
     data = tiny_data(n=44)  # 33 training rows: batches of 8, 8, 8, 8 and 1
-    runs = [trainer_for(data, capture=capture, kl_schedule="linear", kl_warmup_epochs=2) for capture in (True, False)]
+    runs = [trainer_for(data, capture=capture, kl_schedule="linear", kl_warmup_epochs=2, free_bits=free_bits)
+            for capture in (True, False)]
     histories = [run.fit() for run in runs]
     assert [(row["epoch"], row["kl_weight"]) for row in histories[0]] == [(1, 0.4), (2, 0.9), (3, 1.0)]  # last step of each
     for a, b in zip(map(flat, histories[0]), map(flat, histories[1])):
