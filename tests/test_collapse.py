@@ -61,7 +61,8 @@ def test_mutual_information_is_bounded_by_log_n():
     assert info.mi <= math.log(6) + 1e-6
 
 
-@pytest.mark.parametrize("model_name, guide_name", [("vae", "gaussian"), ("dlgm", "structured")])
+@pytest.mark.parametrize("model_name, guide_name", [("vae", "gaussian"), ("dlgm", "structured"), ("vae", "iaf"),
+                                                    ("dlgm", "iaf")])
 def test_every_family_gives_consistent_diagnostics(model_name, guide_name):
     """Registered pairs, all latent sites jointly: the decomposition holds and the means have one
     row per datapoint (structured: Rao-Blackwellised over z1)."""
