@@ -110,8 +110,6 @@ def test_nan_mid_epoch_is_traced_to_its_step_with_the_parameters_it_saw():
     model = MODELS["vae"]((6,), latent_dim=2, hidden=[8], likelihood="gaussian")
     trainer = Trainer(model, GUIDES["gaussian"](model), Dataset("grey", x[:32], x[32:]),
                       TrainConfig(epochs=2, batch_size=4, seed=3))
-    order = torch.randperm(32, generator=torch.Generator().manual_seed(0))  # unused: the trainer's own draw decides
-    del order
     with pyro.validation_enabled(False), pytest.raises(NonFiniteLossError) as error:
         trainer.fit()
     bad_step = trainer.step
