@@ -47,6 +47,7 @@ class TrainConfig:
     kl_cycles: int = 4  # cyclical schedule: number of ramps over the run
     seed: int = 0  # seeds parameters, batches and samples: the same seed gives the same run
     checkpoint_every: int = 5  # epochs between checkpoints (the last epoch is always saved)
+    eval_every: int = 1  # epochs between scored history rows (the last epoch is always scored)
     capture: bool = True  # replay the loss as a captured graph (ppl_vae.capture); false = run the pair eagerly
 
     def __post_init__(self):
@@ -55,6 +56,7 @@ class TrainConfig:
             "lr_final": self.lr_final is None or self.lr_final > 0, "num_particles": self.num_particles >= 1, "free_bits": self.free_bits >= 0,
             "kl_weight": self.kl_weight >= 0, "kl_warmup_epochs": self.kl_warmup_epochs >= 0,
             "kl_cycles": self.kl_cycles >= 1, "checkpoint_every": self.checkpoint_every >= 0,
+            "eval_every": self.eval_every >= 1,
         }
         for key, ok in checks.items():
             if not ok:
@@ -123,6 +125,7 @@ class Trainer:
                                       round(config.kl_warmup_epochs * self.steps_per_epoch), total, config.kl_cycles)
         self.epoch, self.step, self.history = 0, 0, []
         self._start: list[torch.Tensor] = []  # the state at the start of the epoch, for a replay
+        self._module_tensors = [t.detach() for t in (*self.loss_fn.parameters(), *self.loss_fn.buffers())]
 
     def train_epoch(self) -> float:
         """One pass over the shuffled training set; returns the mean training objective.
@@ -143,17 +146,16 @@ class Trainer:
 
     def _live_tensors(self) -> list[torch.Tensor]:
         """Parameters, buffers and optimiser state: what a training step changes in place."""
-        state = [v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
-        return [*self.loss_fn.parameters(), *self.loss_fn.buffers(), *state]
+        state = [v.detach() for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        return [*self._module_tensors, *state]
 
     def _snapshot(self) -> None:
         """Copy the training state into buffers kept from epoch to epoch (no allocation once warm)."""
-        live = [t.detach() for t in self._live_tensors()]
+        live = self._live_tensors()
         if [t.shape for t in self._start] != [t.shape for t in live]:
             self._start = [t.clone() for t in live]
         else:
-            for saved, t in zip(self._start, live):
-                saved.copy_(t)
+            torch._foreach_copy_(self._start, live)
         self._start_meta = (self.step, self.scheduler.state_dict(), rng_state(self.device), len(self.optimizer.state))
 
     def _restore(self) -> None:
@@ -161,18 +163,20 @@ class Trainer:
         if not optimizer_states:  # the snapshot preceded the first step: Adam had no state yet
             self.optimizer.state.clear()
         with torch.no_grad():
-            for t, saved in zip(self._live_tensors(), self._start):
-                t.copy_(saved)
+            torch._foreach_copy_(self._live_tensors(), self._start)
         self.scheduler.load_state_dict(scheduler)
         set_rng_state(rng, self.device)
 
     def _run_epoch(self, check: bool) -> torch.Tensor:
         """Step through one shuffled epoch; the summed training objective, on the device."""
         total = torch.zeros((), device=self.device)
-        for index in torch.randperm(len(self.data.train), device=self.device).split(self.batch_size):
+        n = len(self.data.train)
+        # full batch: the whole set in place (a shuffle would only copy it); else shuffled batches
+        batches = [slice(None)] if self.batch_size == n else torch.randperm(n, device=self.device).split(self.batch_size)
+        for index in batches:
             x = self.data.batch(index)
             self.kl_weight.fill_(self.kl_schedule(self.step))
-            loss = self.loss(x, self.kl_weight) / len(index)
+            loss = self.loss(x, self.kl_weight) / len(x)
             if check and not torch.isfinite(loss):
                 sites = nonfinite_sites(self.model, self.guide, x)
                 raise NonFiniteLossError(
@@ -185,29 +189,40 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
-            total += loss.detach() * len(index)
+            total += loss.detach() * len(x)
         return total
 
     def fit(self, checkpoint: str | Path | None = None, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
-        """Train the remaining epochs; save to ``checkpoint`` every ``checkpoint_every`` epochs and at the end."""
+        """Train the remaining epochs; save to ``checkpoint`` every ``checkpoint_every`` epochs and at the end.
+
+        Every ``eval_every`` epochs (and at the last) a history row scores the train subset and the
+        held-out set; its ``train_objective`` is the mean over the epochs since the previous row.
+        Scoring leaves the random stream as it found it, so how often a run is scored does not change it.
+        ``on_epoch`` is called with each new row."""
         every = self.config.checkpoint_every
         if self.step == 0:
             pyro.set_rng_seed(self.config.seed)  # batches and samples follow the seed, whatever ran before
         bar = tqdm(range(self.epoch, self.config.epochs), desc="epochs", disable=not self.progress,
                    initial=self.epoch, total=self.config.epochs, leave=False)
+        objectives = []  # training objectives since the last scored row
         for _ in bar:
-            objective = self.train_epoch()
+            objectives.append(self.train_epoch())
             self.epoch += 1
-            row = {"epoch": self.epoch, "step": self.step, "kl_weight": self.kl_schedule(self.step - 1),
-                   "lr": self.optimizer.param_groups[0]["lr"], "train_objective": objective}
-            row |= {f"train_{k}": v for k, v in self.evaluate(self.data.train_eval[:TRAIN_EVAL_SIZE]).items()}
-            row |= {f"test_{k}": v for k, v in self.evaluate(self.data.test_eval).items()}
-            self.history.append(row)
-            bar.set_postfix(test_loss=f"{row['test_loss']:.2f}", recon=f"{row['test_recon']:.2f}",
-                            kl=f"{row['test_kl']:.2f}")
+            row = None
+            if self.epoch % self.config.eval_every == 0 or self.epoch == self.config.epochs:
+                row = {"epoch": self.epoch, "step": self.step, "kl_weight": self.kl_schedule(self.step - 1),
+                       "lr": self.optimizer.param_groups[0]["lr"], "train_objective": sum(objectives) / len(objectives)}
+                rng = rng_state(self.device)  # scoring draws z; training's random stream must not see it
+                row |= {f"train_{k}": v for k, v in self.evaluate(self.data.train_eval[:TRAIN_EVAL_SIZE]).items()}
+                row |= {f"test_{k}": v for k, v in self.evaluate(self.data.test_eval).items()}
+                set_rng_state(rng, self.device)
+                self.history.append(row)
+                objectives = []
+                bar.set_postfix(test_loss=f"{row['test_loss']:.2f}", recon=f"{row['test_recon']:.2f}",
+                                kl=f"{row['test_kl']:.2f}")
             if checkpoint and ((every and self.epoch % every == 0) or self.epoch == self.config.epochs):
                 self.save(checkpoint)
-            if on_epoch:
+            if on_epoch and row:
                 on_epoch(row)
         return self.history
 

@@ -88,13 +88,27 @@ def test_history_reports_terms_in_nats_per_example(tiny_data):
     assert 0 < row["test_recon"] < 6 * 5  # 6 Bernoulli pixels: a few nats, not summed over the batch
 
 
+def test_eval_every_scores_fewer_rows_of_the_same_run(tiny_data):
+    """Scoring is read-only: every third epoch and the last give the same rows as scoring each
+    epoch; a row's train objective is the mean over the epochs since the previous row."""
+    every = make_trainer(tiny_data(), epochs=7).fit()
+    sparse = make_trainer(tiny_data(), epochs=7, eval_every=3).fit()
+    assert [row["epoch"] for row in sparse] == [3, 6, 7]
+    for row in sparse:
+        dense = every[row["epoch"] - 1]
+        assert {k: v for k, v in row.items() if k != "train_objective"} == \
+            {k: v for k, v in dense.items() if k != "train_objective"}
+    assert sparse[0]["train_objective"] == pytest.approx(sum(r["train_objective"] for r in every[:3]) / 3)
+
+
 def test_bernoulli_needs_binary_data():
     x = torch.rand(16, 6)
     with pytest.raises(ConfigError, match="binary"):
         make_trainer(Dataset("grey", x[:12], x[12:]))
 
 
-@pytest.mark.parametrize("key, value", [("epochs", 0), ("lr", -1.0), ("kl_weight", -0.5), ("estimator", "nope")])
+@pytest.mark.parametrize("key, value", [("epochs", 0), ("lr", -1.0), ("kl_weight", -0.5), ("estimator", "nope"),
+                                        ("eval_every", 0)])
 def test_bad_train_config_is_refused(key, value):
     with pytest.raises(ConfigError, match=key if key != "estimator" else "unknown estimator"):
         TrainConfig(**{key: value})
