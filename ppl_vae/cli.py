@@ -1,4 +1,5 @@
-"""The ``ppl-vae`` command: ``run`` an experiment, ``list`` what is bundled, ``bench`` the speed."""
+"""The ``ppl-vae`` command: ``run`` an experiment, ``report`` a finished run again, ``list`` what is
+bundled, ``bench`` the speed."""
 
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--force", action="store_true", help="overwrite an existing run folder")
     run.add_argument("--resume", action="store_true", help="continue an existing run folder from its checkpoints")
     run.add_argument("--jobs", type=int, default=1, help="grid cells to run in parallel (default: 1)")
+    again = commands.add_parser("report", help="write a finished run's report.md and figures again")
+    again.add_argument("folder", help="the run folder (the --out of the run)")
     commands.add_parser("list", help="list bundled experiments, models, guides, estimators and datasets")
     bench = commands.add_parser("bench", help="time the toolkit against hand-written PyTorch (not part of the tests)")
     bench.add_argument("--out", default="runs/bench.json", help="results file (default: runs/bench.json)")
@@ -52,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             print(list_all())
+            return 0
+        if args.command == "report":
+            from ppl_vae.experiment import report
+
+            print(report(args.folder))
             return 0
         if args.command == "bench":
             from ppl_vae.bench import run as run_bench
@@ -65,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, IncompatiblePairError) as error:
         print(f"ppl-vae: error: {error}", file=sys.stderr)
         return 2
-    print(f"{'cell':<40} {'test -ELBO':>10} {'recon':>8} {'KL':>7} {'train -ELBO':>11} {'s':>6}")
+    print(f"{'cell':<40} {'-ELBO':>9} {'recon':>8} {'KL':>7} {'active':>6} {'log p(x)':>9} {'train -ELBO':>11} "
+          f"{'s':>6}")
     for s in summaries:
-        print(f"{s['cell'] or s['experiment']:<40} {s['test_loss']:>10.2f} {s['recon']:>8.2f} {s['kl']:>7.2f} "
-              f"{s['train_loss']:>11.2f} {s['seconds']:>6.1f}")
-    print("nats per example; test = held-out")
+        print(f"{s['cell'] or s['experiment']:<40} {s['loss']:>9.3f} {s['recon']:>8.3f} {s['kl']:>7.3f} "
+              f"{s['active_units']:>6} {s['log_px_iw']:>9.3f} {s['train_loss']:>11.3f} {s['seconds']:>6.1f}")
+    print("nats per example: -ELBO = recon + KL and log p(x) (importance-weighted) on held-out data; "
+          "active = active latent units")
     return 0
 
 

@@ -110,3 +110,60 @@ def latent_information(model, guide, data: torch.Tensor, num_samples: int = 1,
     own, aggregate, prior = torch.cat(own), torch.cat(aggregate), torch.cat(prior)
     return LatentInformation(kl=(own - prior).mean().item(), mi=(own - aggregate).mean().item(),
                              marginal_kl=(aggregate - prior).mean().item())
+
+
+@torch.no_grad()
+def posterior_draws(guide, data: torch.Tensor, num_samples: int = 20, batch_size: int = 1000) -> dict[str, torch.Tensor]:
+    """``num_samples`` draws z ~ q(z | x) per datapoint and latent site, ``{site: [N, S, D]}``;
+    pooled over the data they are draws of the aggregate posterior q(z) (Hoffman & Johnson 2016)."""
+    draws: dict[str, list[torch.Tensor]] = {}
+    for x in data.split(batch_size):
+        with pyro.plate("particles", num_samples, dim=-2):
+            sites = _latent_sites(poutine.trace(guide).get_trace(x))
+        for name, site in sites.items():
+            value = site["value"].expand(num_samples, len(x), *site["fn"].event_shape)
+            draws.setdefault(name, []).append(value.transpose(0, 1))
+    return {name: torch.cat(parts) for name, parts in draws.items()}
+
+
+@dataclass(frozen=True)
+class DiagnosticsConfig:
+    """What ``diagnose`` measures; the keys of an experiment file's ``[diagnostics]`` section."""
+
+    rows: int = 500  # held-out rows scored (the first ones)
+    particles: int = 10  # draws of z per datapoint for the ELBO terms
+    iw_samples: int = 200  # K, importance samples per datapoint for log p(x), the gap and PSIS k-hat
+    chunk_size: int = 100  # importance samples drawn at once per datapoint (bounds the memory)
+    info_samples: int = 1  # draws per datapoint for I(x; z) and KL(q(z) || p(z))
+    mean_samples: int = 500  # draws per datapoint averaged into E_q[z | x] where it has no closed form (flows)
+
+    def __post_init__(self):
+        for key in ("rows", "particles", "iw_samples", "chunk_size", "info_samples", "mean_samples"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"[diagnostics] {key} = {getattr(self, key)!r} is out of range: it must be >= 1")
+
+
+def diagnose(model, guide, data: torch.Tensor, config: DiagnosticsConfig = DiagnosticsConfig(),
+             analytic_kl: bool = False) -> dict:
+    """Everything that says whether and how much the latent is used, on ``data[:config.rows]``,
+    in nats per datapoint: the ELBO terms (``loss``, ``recon``, ``kl``, per site and dimension,
+    ``recon_per_dim`` = recon / data dimensions), the importance-weighted ``log_px_iw`` and the
+    variational ``gap`` (Burda et al. 2016), ``khat_share`` (the share of datapoints whose PSIS
+    k-hat exceeds 0.7), ``active_units`` (Burda et al. 2016) and the decomposition
+    ``kl`` ~ ``mi`` + ``marginal_kl`` (Hoffman & Johnson 2016; its own Monte Carlo ``info_kl``).
+    """
+    from ppl_vae.diagnostics import evaluate, importance_log_likelihood
+
+    x = data[: config.rows]
+    terms = evaluate(model, guide, x, analytic_kl, num_particles=config.particles)
+    iw = importance_log_likelihood(model, guide, x, config.iw_samples, config.chunk_size, khat=True)
+    units = active_units(guide, x, config.mean_samples)
+    info = latent_information(model, guide, x, config.info_samples)
+    return {
+        "rows": len(x), **terms, "recon_per_dim": terms["recon"] / x[0].numel(),
+        "log_px_iw": iw.log_px.mean().item(), "gap": iw.gap.mean().item(), "iw_samples": config.iw_samples,
+        "khat_share": (iw.khat > 0.7).float().mean().item(),
+        "active_units": units["count"], "active_units_sites": units["sites"],
+        "latent_dims": {site: len(v) for site, v in units["variance"].items()},
+        "mi": info.mi, "marginal_kl": info.marginal_kl, "info_kl": info.kl,
+    }

@@ -52,8 +52,8 @@ class Dataset:
     def is_binary(self) -> bool:
         return self.binarize != "none" or bool(((self.train == 0) | (self.train == 1)).all())
 
-    def batch(self, index: torch.Tensor) -> torch.Tensor:
-        """Training examples at ``index`` (a tensor on the data's device), binarised if dynamic."""
+    def batch(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """Training examples at ``index`` (a tensor on the data's device, or a slice), binarised if dynamic."""
         x = self.train[index]
         return torch.bernoulli(x) if self.binarize == "dynamic" else x
 
@@ -85,18 +85,21 @@ def _limit(ds: Dataset, limit: int | None) -> Dataset:
 
 
 @DATASETS.register("bits")
-def bits(n: int = 5, rows: int = 1000, test_fraction: float = 0.2, seed: int = 0,
-         limit: int | None = None) -> Dataset:
-    """The replicated bit of Shu, "Autoencoding a Single Bit": ``rows`` rows of n zeros or n ones, half each.
+def bits(n: int = 5, rows: int = 1000, test_fraction: float = 0.2, limit: int | None = None) -> Dataset:
+    """The replicated bit of Shu, "Autoencoding a Single Bit": ``rows`` rows of n zeros or n ones.
 
-    The true entropy is ln 2 nats per row for every n; a model without a latent can do no
-    better than n ln 2.
+    Rows alternate 0, 1, ...; the last ``test_fraction`` of them are held out, so each split is
+    half zeros and half ones (exactly, for even sizes) and its true entropy is ln 2 nats per row
+    for every n. A model without a latent can do no better than n ln 2.
     """
     if n < 1 or rows < 2:
         raise ConfigError(f"bits needs n >= 1 and rows >= 2, got n={n}, rows={rows}")
-    bit = (torch.arange(rows) % 2).float()
-    train, test, y_train, y_test = split(bit[:, None].expand(rows, n).contiguous(), bit.long(), test_fraction, seed)
-    return _limit(Dataset(f"bits-{n}", train, test, "none", y_train, y_test), limit)
+    if not 0 < test_fraction < 1:
+        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    bit = torch.arange(rows) % 2
+    x = bit[:, None].expand(rows, n).float().contiguous()
+    n_test = max(1, round(test_fraction * rows))
+    return _limit(Dataset(f"bits-{n}", x[:-n_test], x[-n_test:], "none", bit[:-n_test], bit[-n_test:]), limit)
 
 
 @functools.cache

@@ -89,20 +89,26 @@ def elbo_terms(model, guide, x: torch.Tensor, analytic_kl: bool = False) -> Elbo
 
 
 @torch.no_grad()
-def evaluate(model, guide, data: torch.Tensor, analytic_kl: bool = False, chunk_size: int = 2048) -> dict:
-    """Dataset means of the ELBO terms, in nats per example, computed in chunks without gradients.
+def evaluate(model, guide, data: torch.Tensor, analytic_kl: bool = False, chunk_size: int = 2048,
+             num_particles: int = 1) -> dict:
+    """Dataset means of the ELBO terms, in nats per example, computed in chunks without gradients,
+    averaged over ``num_particles`` draws of z per datapoint.
 
     Returns ``{"loss", "recon", "kl", "kl_sites": {site: float}, "kl_dims": {site: [float]}}``.
     """
     sums: dict[str, torch.Tensor] = {}
     for x in data.split(chunk_size):
-        terms = elbo_terms(model, guide, x, analytic_kl)
-        parts = {"loss": terms.loss, "recon": terms.recon, "kl": sum(terms.kl.values())}
-        parts |= {f"kl_sites/{s}": v for s, v in terms.kl.items()}
-        parts |= {f"kl_dims/{s}": v for s, v in terms.kl_dims.items()}
-        for key, value in parts.items():
-            sums[key] = sums.get(key, 0) + value.sum(0)
-    means = {k: (v / len(data)).tolist() for k, v in sums.items()}  # one device->host copy per term
+        left = num_particles
+        while left:  # several particles per pass, as repeated rows, up to chunk_size rows
+            copies = min(left, max(1, chunk_size // len(x)))
+            left -= copies
+            terms = elbo_terms(model, guide, x.repeat(copies, *[1] * (x.dim() - 1)), analytic_kl)
+            parts = {"loss": terms.loss, "recon": terms.recon, "kl": sum(terms.kl.values())}
+            parts |= {f"kl_sites/{s}": v for s, v in terms.kl.items()}
+            parts |= {f"kl_dims/{s}": v for s, v in terms.kl_dims.items()}
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0) + value.sum(0)
+    means = {k: (v / (len(data) * num_particles)).tolist() for k, v in sums.items()}  # one copy per term
     out = {k: means[k] for k in ("loss", "recon", "kl")}
     for group in ("kl_sites", "kl_dims"):
         out[group] = {k.split("/", 1)[1]: v for k, v in means.items() if k.startswith(group + "/")}
@@ -113,6 +119,15 @@ def evaluate(model, guide, data: torch.Tensor, analytic_kl: bool = False, chunk_
 def reconstruct(model, guide, x: torch.Tensor) -> torch.Tensor:
     """Mean of p(x | z) at z ~ q(z | x): the pair's reconstruction of ``x``."""
     return trace_pair(model, guide, x)[0].nodes["x"]["fn"].mean
+
+
+@torch.no_grad()
+def prior_draws(model, n: int, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """``n`` draws z ~ p(z) of every latent site, ``{site: [n, D]}`` (a hierarchical prior's marginals)."""
+    placeholder = torch.zeros(n, *model.data_shape, device=device)  # the latents do not depend on x
+    trace = prune_subsample_sites(poutine.trace(model).get_trace(placeholder))
+    return {name: site["value"] for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"]}
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import save_image  # noqa: E402
 
@@ -36,3 +37,59 @@ def image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
     """Save ``[N, C, H, W]`` images in [0, 1] as one grid."""
     return atomic_write(path, lambda p: save_image(images.detach().cpu(), p, nrow=nrow, padding=2, pad_value=1.0,
                                                    format="png"))
+
+
+def aggregate_posterior(panels: list[tuple[str, torch.Tensor, torch.Tensor | None, torch.Tensor]],
+                        path: str | Path) -> Path:
+    """The aggregate posterior q(z) against the prior p(z), one panel per 1-D or 2-D latent site.
+
+    Each panel is ``(title, draws [N, S, D], labels [N] or None, prior draws [M, D])``: draws of
+    q(z | x_n) for N datapoints, pooled into q(z) and, where labels are given, split by label
+    (the per-datapoint posteriors q(z | x) of each class). 1-D: densities; 2-D: scatter over the prior.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    for ax, (title, draws, labels, prior) in zip(axes[0], panels):
+        draws, prior = draws.detach().float().cpu(), prior.detach().float().cpu()
+        groups = {} if labels is None else {f"q(z | x), {label}": draws[labels.cpu() == label]
+                                           for label in labels.unique().tolist()}
+        if draws.shape[-1] == 1:
+            values = torch.cat([draws.reshape(-1), prior.reshape(-1)])
+            bins = torch.linspace(values.quantile(0.001).item(), values.quantile(0.999).item(), 80).numpy()
+            ax.hist(draws.reshape(-1).numpy(), bins, density=True, color="0.8", label="q(z) aggregate")
+            for name, part in groups.items():  # each class's component of the mixture q(z), at its share
+                density, _ = np.histogram(part.reshape(-1).numpy(), bins, density=True)
+                ax.stairs(density * len(part) / len(draws), bins, label=name)
+            ax.hist(prior.reshape(-1).numpy(), bins, density=True, histtype="step", color="k", lw=1.5, label="p(z)")
+            ax.set(xlabel="z", ylabel="density")
+        else:
+            ax.scatter(*prior[:5000].T.numpy(), s=2, color="0.75", label="p(z)")
+            for name, part in (groups or {"q(z)": draws}).items():
+                pooled = part.reshape(-1, 2)[:2000]
+                ax.scatter(*pooled.T.numpy(), s=2, alpha=0.5, label=name)
+            ax.set(xlabel="z[0]", ylabel="z[1]")
+        ax.set_title(title)
+        ax.legend(fontsize=7, markerscale=3)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def curves(x: list[float], series: dict[str, list[float]], path: str | Path, xlabel: str, ylabel: str,
+           references: dict[str, list[float]] | None = None, logx: bool = False, logy: bool = False, title: str = "") -> Path:
+    """One line per series against ``x``; ``references`` (e.g. ln 2) dashed in black and grey."""
+    fig, ax = plt.subplots(figsize=(5.6, 4))
+    for name, ys in series.items():
+        ax.plot(x, ys, "o-", label=name)
+    for (name, ys), style in zip((references or {}).items(), ("k--", "k:", "--", ":")):
+        ax.plot(x, ys, style, lw=1, label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xscale="log" if logx else "linear",
+           yscale="log" if logy else "linear")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    finally:
+        plt.close(fig)

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ppl_vae import GUIDES, MODELS
-from ppl_vae.collapse import active_units, latent_information, posterior_means
+from ppl_vae import plots
+from ppl_vae.collapse import DiagnosticsConfig, active_units, diagnose, latent_information, posterior_draws, posterior_means
 
 
 class IgnoresZ(nn.Module):
@@ -74,3 +75,40 @@ def test_every_family_gives_consistent_diagnostics(model_name, guide_name):
     assert 0 <= info.mi <= math.log(len(x)) + 1e-4
     means = posterior_means(guide, x, num_samples=4)
     assert set(means) == set(model.latent_dims) and all(m.shape == (40, 2) for m in means.values())
+
+
+SMALL = DiagnosticsConfig(rows=200, particles=20, iw_samples=300, mean_samples=50)
+
+
+def test_diagnose_a_collapsed_pair_gives_the_exact_density():
+    """q(z | x) = p(z) = p(z | x): the ELBO is log p(x) = -ln 2 exactly, no gap, no k-hat tail, no
+    KL, no information, no active unit."""
+    found = diagnose(IgnoresZ(), ShiftGuide(0.0), BITS, SMALL)
+    assert found["loss"] == pytest.approx(math.log(2), abs=1e-6) and found["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert found["log_px_iw"] == pytest.approx(-math.log(2), abs=1e-6) and found["gap"] == pytest.approx(0, abs=1e-6)
+    assert found["recon_per_dim"] == pytest.approx(math.log(2), abs=1e-6)
+    assert (found["khat_share"], found["active_units"], found["rows"]) == (0.0, 0, 200)
+    assert found["mi"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_diagnose_a_poor_proposal_flags_it():
+    """q(z | x) = N(+-10, 1) against the true posterior N(0, 1): KL 50 nats, the importance weights
+    exp(50 -+ 10 z) have a heavy tail (k-hat > 0.7 everywhere) and the IW estimate stays far
+    below log p(x) = -ln 2, above the ELBO."""
+    found = diagnose(IgnoresZ(), ShiftGuide(10.0), BITS, SMALL)
+    assert found["kl"] == pytest.approx(50.0, abs=1.0) and found["khat_share"] == 1.0
+    assert -found["loss"] < found["log_px_iw"] < -math.log(2) - 1.0
+    assert found["active_units"] == 1 and found["mi"] == pytest.approx(math.log(2), abs=1e-3)
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_aggregate_posterior_figure(tmp_path, dim):
+    model = MODELS["vae"]((6,), latent_dim=dim, hidden=[8])
+    guide = GUIDES["gaussian"](model)
+    x = torch.bernoulli(torch.full((30, 6), 0.5))
+    draws = posterior_draws(guide, x, num_samples=5)
+    assert draws["z"].shape == (30, 5, dim)
+    labels, prior = x[:, 0].long(), torch.randn(1000, dim)
+    path = plots.aggregate_posterior([("z", draws["z"], labels, prior), ("no labels", draws["z"], None, prior)],
+                                     tmp_path / "q.png")
+    assert path.stat().st_size > 5000

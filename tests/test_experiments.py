@@ -43,8 +43,11 @@ def test_bundled_experiment_runs_quick(name, tmp_path, fake_mnist):
     assert len(results(out)) == len(summaries) >= 1
     for s in summaries:
         assert s["epochs"] == 2
-        assert all(math.isfinite(s[key]) for key in ("train_loss", "test_loss", "recon", "kl"))
-        assert s["test_loss"] == pytest.approx(s["recon"] + s["kl"], rel=1e-4)
+        assert all(math.isfinite(s[key]) for key in ("train_loss", "test_loss", "loss", "recon", "kl", "log_px_iw",
+                                                     "gap", "mi", "marginal_kl"))
+        assert s["loss"] == pytest.approx(s["recon"] + s["kl"], rel=1e-4, abs=1e-5)
+        assert 0 <= s["khat_share"] <= 1 and 0 <= s["active_units"] <= sum(s["latent_dims"].values())
+        assert s["diagnostics_rows"] == (8 if name.startswith("mnist") else 64)  # quick: 64 rows, or all 8 held out
         folder = out / s["cell"] if s["cell"] else out
         for file in ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "figures/loss.png"):
             assert (folder / file).is_file(), file
@@ -52,6 +55,8 @@ def test_bundled_experiment_runs_quick(name, tmp_path, fake_mnist):
         images = not s["data"].startswith("bits")
         assert (folder / "figures" / "samples.png").is_file() == images
         assert (folder / "figures" / "reconstructions.png").is_file() == images
+        small = min(s["latent_dims"].values()) <= 2  # a 1-D or 2-D latent site
+        assert (folder / "figures" / "aggregate_posterior.png").is_file() == small
 
 
 def test_grid_cells_are_independent_runs(tmp_path):
@@ -59,15 +64,41 @@ def test_grid_cells_are_independent_runs(tmp_path):
     path.write_text(GOOD + '\n[grid]\n"data.n" = [1, 3]\n"train.seed" = [0, 1]\n')
     summaries = run(path, tmp_path / "out", progress=False)
     rows = results(tmp_path / "out")
-    assert [(r["data.n"], r["train.seed"]) for r in rows] == [("1", "0"), ("1", "1"), ("3", "0"), ("3", "1")]
+    assert [(r["n"], r["seed"]) for r in rows] == [("1", "0"), ("1", "1"), ("3", "0"), ("3", "1")]
     assert {s["data"] for s in summaries} == {"bits-1", "bits-3"}
     # a cell alone, from its own config, reproduces its grid result: cells share nothing
-    cell = json.loads((tmp_path / "out" / "data.n=3__train.seed=1" / "config.json").read_text())
+    cell = json.loads((tmp_path / "out" / "n=3__seed=1" / "config.json").read_text())
     alone = tmp_path / "alone.toml"
     alone.write_text("\n".join(f"[{k}]\n" + "\n".join(f"{kk} = {json.dumps(vv)}" for kk, vv in v.items())
                                for k, v in cell.items() if isinstance(v, dict)))
     (single,) = run(alone, tmp_path / "alone", progress=False)
     assert single["test_loss"] == summaries[3]["test_loss"]
+
+
+def test_named_variants_set_several_keys_together(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text(GOOD + """
+[grid]
+"data.n" = [2]
+[grid.family.flat]
+"model.name" = "vae"
+"guide.name" = "gaussian"
+[grid.family.deep]
+"model.name" = "dlgm"
+"model.top_latent_dim" = 1
+"guide.name" = "structured"
+""")
+    run(path, tmp_path / "out", progress=False)
+    rows = results(tmp_path / "out")
+    assert [(r["n"], r["family"], r["model"], r["guide"]) for r in rows] == [
+        ("2", "flat", "vae", "gaussian"), ("2", "deep", "dlgm", "structured")]
+    config = json.loads((tmp_path / "out" / "n=2__family=deep" / "config.json").read_text())
+    assert config["model"] == {"name": "dlgm", "latent_dim": 1, "hidden": [8], "top_latent_dim": 1}
+    # --set grid.AXIS picks variants by name, or replaces a list axis
+    run(path, tmp_path / "picked", ["grid.family=[\"deep\"]", "grid.data.n=[1, 3]"], progress=False)
+    assert [(r["n"], r["family"]) for r in results(tmp_path / "picked")] == [("1", "deep"), ("3", "deep")]
+    with pytest.raises(ConfigError, match=r"no variant\(s\) \['wide'\]; \[grid.family\] has flat, deep"):
+        run(path, tmp_path / "bad", ["grid.family=wide"], progress=False)
 
 
 def test_parallel_jobs_give_the_same_results(tmp_path):
@@ -90,6 +121,9 @@ BAD = [
     ("[grid]\n'train.seed' = 3", "must be a non-empty list"),
     ("[grid]\n'optimizer.lr' = [1]", "keys look like SECTION.KEY"),
     ("colour = 'blue'", "unknown top-level key"),
+    ("report = 'nope'", "unknown report 'nope'"),
+    ("[diagnostics]\niw_samples = 0", "iw_samples = 0 is out of range"),
+    ("[diagnostics]\nsamples = 10", "[diagnostics] has unknown key(s) ['samples']"),
 ]
 
 
@@ -170,5 +204,7 @@ def test_cli_runs_an_experiment(tmp_path, capsys):
     path = tmp_path / "e.toml"
     path.write_text(GOOD)
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--set", "train.epochs=1"]) == 0
-    assert "test -ELBO" in capsys.readouterr().out
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["epochs"] == 1
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["epochs"] == 1 and "-ELBO" in printed
+    assert f"{summary['loss']:>9.3f} {summary['recon']:>8.3f} {summary['kl']:>7.3f}" in printed

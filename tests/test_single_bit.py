@@ -1,0 +1,62 @@
+"""The single-bit study (Shu, "Autoencoding a Single Bit") in its quick setting: n = 1 and 5, all
+three families, one seed, 400 full-batch steps. The post's two small-n claims must already hold."""
+
+import csv
+import math
+
+import pytest
+
+from ppl_vae.experiment import run
+from ppl_vae.reports import best_per_cell
+
+QUICK = ["grid.data.n=[1, 5]", "grid.train.seed=[0]", "train.epochs=400", "train.eval_every=200",
+         "diagnostics.rows=100", "diagnostics.iw_samples=200", "diagnostics.mean_samples=200"]
+COLUMNS = ["n", "family", "seed", "loss", "recon", "recon_per_dim", "kl", "log_px_iw", "active_units", "mi"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single-bit")
+    summaries = run("single-bit", out, QUICK, jobs=2, progress=False)
+    with open(out / "results.csv") as f:
+        return out, summaries, list(csv.DictReader(f))
+
+
+def test_results_have_the_study_columns_for_every_cell(quick_run):
+    out, summaries, rows = quick_run
+    assert set(COLUMNS) <= set(rows[0])
+    assert sorted((r["n"], r["family"]) for r in rows) == sorted(
+        (n, f) for n in ("1", "5") for f in ("gaussian", "dlgm", "iaf"))
+    assert {(s["model"], s["guide"]) for s in summaries} == {("vae", "gaussian"), ("dlgm", "structured"),
+                                                             ("vae", "iaf")}
+
+
+def test_one_bit_is_not_encoded_and_five_are(quick_run):
+    _, _, rows = quick_run
+    for r in rows:
+        loss, kl, n = float(r["loss"]), float(r["kl"]), int(r["n"])
+        if n == 1:  # the post: recon 0.693, KL 0 - the exact density without z
+            assert kl < 0.01 and abs(loss - math.log(2)) < 0.01, r
+            assert int(r["active_units"]) == 0, r
+        else:  # replicated bits need z to coordinate them
+            assert kl > 0.1 and loss < n * math.log(2), r
+            assert int(r["active_units"]) >= 1 and float(r["mi"]) > 0.3, r
+        assert float(r["recon_per_dim"]) == pytest.approx(float(r["recon"]) / n, rel=1e-5)
+        assert float(r["log_px_iw"]) >= -loss - 0.02  # the IW bound sits above the ELBO
+
+
+def test_report_checks_the_claims_and_draws_the_figures(quick_run):
+    out, _, _ = quick_run
+    report = (out / "report.md").read_text()
+    assert "PASS: n = 1: every family ignores z" in report and "PASS: n in [5]" in report and "FAIL" not in report
+    assert "| 5 | dlgm |" in report and "3.466" in report  # the no-latent baseline 5 ln 2 beside it
+    for name in ("recon_per_dim.png", "loss.png", "aggregate_posterior_n5.png"):
+        assert (out / "figures" / name).stat().st_size > 1000, name
+    assert (out / "n=5__seed=0__family=iaf" / "figures" / "aggregate_posterior.png").is_file()
+
+
+def test_best_per_cell_is_the_lowest_loss_restart():
+    rows = [{"n": 5, "family": "dlgm", "seed": s, "loss": loss} for s, loss in enumerate([1.2, 0.8, 0.9])]
+    rows.append({"n": 5, "family": "iaf", "seed": 0, "loss": 2.0})
+    best = best_per_cell(rows, ("n", "family"))
+    assert best[5, "dlgm"]["seed"] == 1 and best[5, "iaf"]["seed"] == 0
