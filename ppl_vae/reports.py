@@ -106,7 +106,8 @@ def _aggregate_posteriors(out: Path, rows: list[dict], path: Path) -> Path:
 @REPORTS.register("digits-collapse")
 def digits_collapse(out: Path, rows: list[dict], cells: list[dict]) -> str:
     """Posterior collapse on images and its remedies: one row per ``remedy`` variant, ``none`` the
-    collapsing pair; checks that it collapses and that each remedy raises the active units."""
+    collapsing pair; checks that it collapses and that ``free-bits`` raises the active units; any
+    other remedy is reported as found."""
     latent = {c["model"].get("latent_dim") for c in cells}
     lines = ["# Posterior collapse on the embedded digits", "",
              "Held-out nats per image. Active units: Cov_x E_q[z_d | x] > 0.01 (Burda et al. 2016); "
@@ -127,8 +128,9 @@ def digits_collapse(out: Path, rows: list[dict], cells: list[dict]) -> str:
                             f"without a remedy the latent collapses: {base['active_units']} active units, "
                             f"KL {base['kl']:.3f} nats"))
         for name, row in by_remedy.items():
-            if name != "none":
-                lines.append(_check(row["active_units"] > base["active_units"],
-                                    f"{name} raises the active units from {base['active_units']} to "
-                                    f"{row['active_units']}"))
+            if name == "free-bits":  # the remedy the study claims; the others are reported as found
+                lines.append(_check(row["active_units"] > base["active_units"], "free bits raise the active units "
+                                    f"from {base['active_units']} to {row['active_units']}"))
+            elif name != "none":
+                lines.append(f"- observed: {name}: {row['active_units']} active units, KL {row['kl']:.3f} nats")
     return "\n".join(lines) + "\n"
