@@ -1,7 +1,8 @@
 """Study reports: a finished grid's results beside the published numbers, as ``report.md`` and figures.
 
 A report is registered by name and named by an experiment file's ``report`` key; it gets the run
-folder, the rows of ``results.csv`` and the cell configs, and returns Markdown.
+folder, one row per cell (its grid values and its ``summary.json``) and the cell configs, and
+returns Markdown; ``ppl_vae.experiment.report`` writes it to ``report.md``.
 """
 
 from __future__ import annotations
