@@ -21,6 +21,8 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
+from ppl_vae.diagnostics import evaluate, importance_log_likelihood
+
 #: Burda et al. (2016): a unit is active when Cov_x(E_q[u | x]) exceeds this
 ACTIVE_THRESHOLD = 0.01
 
@@ -143,6 +145,7 @@ class DiagnosticsConfig:
                 raise ValueError(f"[diagnostics] {key} = {getattr(self, key)!r} is out of range: it must be >= 1")
 
 
+@torch.no_grad()
 def diagnose(model, guide, data: torch.Tensor, config: DiagnosticsConfig = DiagnosticsConfig(),
              analytic_kl: bool = False) -> dict:
     """Everything that says whether and how much the latent is used, on ``data[:config.rows]``,
@@ -151,9 +154,9 @@ def diagnose(model, guide, data: torch.Tensor, config: DiagnosticsConfig = Diagn
     variational ``gap`` (Burda et al. 2016), ``khat_share`` (the share of datapoints whose PSIS
     k-hat exceeds 0.7), ``active_units`` (Burda et al. 2016) and the decomposition
     ``kl`` ~ ``mi`` + ``marginal_kl`` (Hoffman & Johnson 2016; its own Monte Carlo ``info_kl``).
+    ``analytic_kl``: closed-form KLs where registered; only for a mean-field guide (as the
+    ``analytic`` estimator).
     """
-    from ppl_vae.diagnostics import evaluate, importance_log_likelihood
-
     x = data[: config.rows]
     terms = evaluate(model, guide, x, analytic_kl, num_particles=config.particles)
     iw = importance_log_likelihood(model, guide, x, config.iw_samples, config.chunk_size, khat=True)

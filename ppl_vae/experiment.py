@@ -33,7 +33,7 @@ import shutil
 import sys
 import time
 import tomllib
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import fields
 from multiprocessing import get_context
 from pathlib import Path
@@ -260,8 +260,9 @@ def run_cell(experiment: str, cell_name: str, cell: dict, folder: Path, device: 
         x = trainer.data.test_eval[:8]  # on the training device
         plots.image_grid(torch.cat([x, diagnostics.reconstruct(model, guide, x)]), figures / "reconstructions.png")
         plots.image_grid(diagnostics.sample_prior(model, 64, trainer.device), figures / "samples.png")
-    with torch.no_grad():
-        found = collapse.diagnose(model, guide, trainer.data.test_eval, diagnostics_config(cell), trainer.analytic_kl)
+    # closed-form KLs where the guide declares itself mean-field (the bundled ones do), else Monte Carlo
+    analytic = trainer.analytic_kl or getattr(guide, "mean_field", None) is True
+    found = collapse.diagnose(model, guide, trainer.data.test_eval, diagnostics_config(cell), analytic)
     aggregate_posterior_figure(model, guide, trainer.data, figures / "aggregate_posterior.png")
     summary = {
         "experiment": experiment, "cell": cell_name, "data": data.name, "model": cell["model"]["name"],
@@ -372,7 +373,13 @@ def run(experiment: str | Path, out: str | Path | None = None, overrides: list[s
     if jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-            summaries = list(pool.map(_run_cell_worker, [task + (threads,) for task in tasks]))
+            futures = [pool.submit(_run_cell_worker, task + (threads,)) for task in tasks]
+            for done, future in enumerate(as_completed(futures), 1):
+                if progress:  # the cells' own progress bars are off when several run at once
+                    summary = future.result()
+                    print(f"[{done}/{len(futures)}] {summary['cell']}: -ELBO {summary['loss']:.3f} "
+                          f"in {summary['seconds']:.0f} s ({time.time() - started:.0f} s so far)", flush=True)
+            summaries = [future.result() for future in futures]
     else:
         summaries = [run_cell(*task) for task in tasks]
     write_results(out, grid, summaries)

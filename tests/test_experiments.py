@@ -101,12 +101,14 @@ def test_named_variants_set_several_keys_together(tmp_path):
         run(path, tmp_path / "bad", ["grid.family=wide"], progress=False)
 
 
-def test_parallel_jobs_give_the_same_results(tmp_path):
+def test_parallel_jobs_give_the_same_results(tmp_path, capsys):
     path = tmp_path / "grid.toml"
     path.write_text(GOOD + '\n[grid]\n"train.seed" = [0, 1]\n')
     serial = run(path, tmp_path / "serial", progress=False)
-    parallel = run(path, tmp_path / "parallel", jobs=2, progress=False)
+    parallel = run(path, tmp_path / "parallel", jobs=2, progress=True)
     assert [s["test_loss"] for s in serial] == [s["test_loss"] for s in parallel]
+    printed = capsys.readouterr().out  # a line per finished cell, as the cells' own bars are off
+    assert "[1/2] seed=" in printed and "[2/2] seed=" in printed
 
 
 BAD = [
