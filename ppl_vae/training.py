@@ -124,6 +124,7 @@ class Trainer:
         self.kl_schedule = KLSchedule(config.kl_schedule, config.kl_weight,
                                       round(config.kl_warmup_epochs * self.steps_per_epoch), total, config.kl_cycles)
         self.epoch, self.step, self.history = 0, 0, []
+        self.unscored: list[float] = []  # training objectives of the epochs since the last history row
         self._start: list[torch.Tensor] = []  # the state at the start of the epoch, for a replay
         self._module_tensors = [t.detach() for t in (*self.loss_fn.parameters(), *self.loss_fn.buffers())]
 
@@ -204,20 +205,19 @@ class Trainer:
             pyro.set_rng_seed(self.config.seed)  # batches and samples follow the seed, whatever ran before
         bar = tqdm(range(self.epoch, self.config.epochs), desc="epochs", disable=not self.progress,
                    initial=self.epoch, total=self.config.epochs, leave=False)
-        objectives = []  # training objectives since the last scored row
         for _ in bar:
-            objectives.append(self.train_epoch())
+            self.unscored.append(self.train_epoch())
             self.epoch += 1
             row = None
             if self.epoch % self.config.eval_every == 0 or self.epoch == self.config.epochs:
                 row = {"epoch": self.epoch, "step": self.step, "kl_weight": self.kl_schedule(self.step - 1),
-                       "lr": self.optimizer.param_groups[0]["lr"], "train_objective": sum(objectives) / len(objectives)}
+                       "lr": self.optimizer.param_groups[0]["lr"], "train_objective": sum(self.unscored) / len(self.unscored)}
                 rng = rng_state(self.device)  # scoring draws z; training's random stream must not see it
                 row |= {f"train_{k}": v for k, v in self.evaluate(self.data.train_eval[:TRAIN_EVAL_SIZE]).items()}
                 row |= {f"test_{k}": v for k, v in self.evaluate(self.data.test_eval).items()}
                 set_rng_state(rng, self.device)
                 self.history.append(row)
-                objectives = []
+                self.unscored = []
                 bar.set_postfix(test_loss=f"{row['test_loss']:.2f}", recon=f"{row['test_recon']:.2f}",
                                 kl=f"{row['test_kl']:.2f}")
             if checkpoint and ((every and self.epoch % every == 0) or self.epoch == self.config.epochs):
@@ -233,8 +233,8 @@ class Trainer:
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "guide": self.guide.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "epoch": self.epoch, "step": self.step, "history": self.history, "rng": rng_state(self.device),
-                "config": asdict(self.config)}
+                "epoch": self.epoch, "step": self.step, "history": self.history, "unscored": self.unscored,
+                "rng": rng_state(self.device), "config": asdict(self.config)}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -242,6 +242,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
+        self.unscored = list(state.get("unscored", []))
         set_rng_state(state["rng"], self.device)
 
     def save(self, path: str | Path) -> None:

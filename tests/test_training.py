@@ -26,23 +26,27 @@ def params(trainer):
     return {n: p.detach().clone() for n, p in trainer.loss_fn.named_parameters()}
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("eval_every", [1, 3])
+def test_resume_is_exact(tmp_path, eval_every):
+    """Stopped after the epoch-2 checkpoint, resumed elsewhere: the same history and parameters,
+    including a history row whose training objective spans the stop (eval_every = 3)."""
     data, checkpoint = dynamic_data(), tmp_path / "checkpoint.pt"
-    straight = make_trainer(data, kl_schedule="linear", kl_warmup_epochs=3, lr_final=1e-3)
+    straight = make_trainer(data, kl_schedule="linear", kl_warmup_epochs=3, lr_final=1e-3, eval_every=eval_every)
     straight.fit()
 
     def crash(row):
-        if row["epoch"] == 2:
+        if row["epoch"] >= 2:
             raise KeyboardInterrupt
 
-    interrupted = make_trainer(data, checkpoint_every=2, kl_schedule="linear", kl_warmup_epochs=3, lr_final=1e-3)
+    interrupted = make_trainer(data, checkpoint_every=2, kl_schedule="linear", kl_warmup_epochs=3, lr_final=1e-3,
+                               eval_every=eval_every)
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit(checkpoint, on_epoch=crash)
     torch.load(checkpoint, weights_only=True)  # loadable without unpickling arbitrary objects
 
     pyro.set_rng_seed(999)  # a different RNG state: resume must restore its own
     resumed = make_trainer(data, seed=5, checkpoint_every=2, kl_schedule="linear", kl_warmup_epochs=3,
-                           lr_final=1e-3)
+                           lr_final=1e-3, eval_every=eval_every)
     resumed.load(checkpoint)
     assert (resumed.epoch, resumed.step) == (2, 8)
     resumed.fit()
