@@ -122,7 +122,12 @@ def digits_collapse(out: Path, rows: list[dict], cells: list[dict]) -> str:
                      f"{row['kl']:.3f} | {row['active_units']} / {', '.join(map(str, latent))} | {row['mi']:.3f} | "
                      f"{row['marginal_kl']:.3f} | {row['log_px_iw']:.2f} |")
     by_remedy = {row["remedy"]: row for row in rows}
-    lines += ["", "## Checks", ""]
+    per_unit = {name: sorted((kl for dims in row["kl_dims"].values() for kl in dims), reverse=True)
+                for name, row in by_remedy.items()}
+    width = max(map(len, per_unit.values()))
+    plots.curves(list(range(1, width + 1)), per_unit, out / "figures" / "kl_per_unit.png",
+                 "latent unit (sorted by its KL)", "KL per unit (nats)", title="Which units carry information")
+    lines += ["", "Figure: `figures/kl_per_unit.png` (each unit's KL, sorted, per remedy).", "", "## Checks", ""]
     if "none" in by_remedy:
         base = by_remedy["none"]
         lines.append(_check(base["active_units"] == 0 and base["kl"] < 0.1,

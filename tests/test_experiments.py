@@ -10,7 +10,7 @@ import torch
 
 from ppl_vae import ConfigError
 from ppl_vae.cli import main
-from ppl_vae.experiment import bundled, run
+from ppl_vae.experiment import bundled, load, run
 
 GOOD = """
 description = "a tiny valid experiment"
@@ -41,6 +41,7 @@ def test_bundled_experiment_runs_quick(name, tmp_path, fake_mnist):
     out = tmp_path / "run"
     summaries = run(name, out, overrides, quick_run=True, progress=False)
     assert len(results(out)) == len(summaries) >= 1
+    assert (out / "report.md").is_file() == ("report" in load(name)[1])  # a study's table, even at smoke size
     for s in summaries:
         assert s["epochs"] == 2
         assert all(math.isfinite(s[key]) for key in ("train_loss", "test_loss", "loss", "recon", "kl", "log_px_iw",
