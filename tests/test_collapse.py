@@ -10,6 +10,7 @@ from torch import nn
 
 from ppl_vae import GUIDES, MODELS
 from ppl_vae import plots
+from ppl_vae.diagnostics import prior_draws
 from ppl_vae.collapse import DiagnosticsConfig, active_units, diagnose, latent_information, posterior_draws, posterior_means
 
 
@@ -99,6 +100,22 @@ def test_diagnose_a_poor_proposal_flags_it():
     assert found["kl"] == pytest.approx(50.0, abs=1.0) and found["khat_share"] == 1.0
     assert -found["loss"] < found["log_px_iw"] < -math.log(2) - 1.0
     assert found["active_units"] == 1 and found["mi"] == pytest.approx(math.log(2), abs=1e-3)
+
+
+def test_the_figure_draws_follow_the_posterior_and_the_prior():
+    """What the aggregate-posterior figure plots: with q(z | x) = N(+-3, 1) each datapoint's draws
+    have mean +-3 and variance 1, and pooled over the bits they are the mixture q(z) with variance
+    1 + 3^2 = 10; the prior panel's draws are N(0, 1)."""
+    torch.manual_seed(0)
+    z = posterior_draws(ShiftGuide(3.0), BITS, num_samples=50)["z"]  # [1000, 50, 1]
+    assert z.shape == (1000, 50, 1)
+    assert z[0::2].mean().item() == pytest.approx(-3.0, abs=0.02)  # x = 0 rows
+    assert z[1::2].mean().item() == pytest.approx(3.0, abs=0.02)
+    assert z[1::2].var().item() == pytest.approx(1.0, abs=0.03)
+    assert z.var().item() == pytest.approx(10.0, abs=0.1)
+    prior = prior_draws(IgnoresZ(), 20_000)["z"]
+    assert prior.shape == (20_000, 1)
+    assert (prior.mean().item(), prior.var().item()) == pytest.approx((0.0, 1.0), abs=0.03)
 
 
 @pytest.mark.parametrize("dim", [1, 2])
