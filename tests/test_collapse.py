@@ -10,8 +10,8 @@ from torch import nn
 
 from ppl_vae import GUIDES, MODELS
 from ppl_vae import plots
-from ppl_vae.diagnostics import prior_draws
 from ppl_vae.collapse import DiagnosticsConfig, active_units, diagnose, latent_information, posterior_draws, posterior_means
+from ppl_vae.diagnostics import prior_draws
 
 
 class IgnoresZ(nn.Module):
