@@ -4,7 +4,10 @@ Every guide is built from the model it serves (``factory(model, ...)``): it read
 ``model.latent_dims`` and ``model.data_shape`` and samples the same site names
 inside the same ``pyro.plate("data", len(x))``. ``mean_field`` says whether each
 q(z_i | x) depends on x alone — the condition under which the analytic-KL
-estimator (``TraceMeanField_ELBO``) is valid.
+estimator (``TraceMeanField_ELBO``) is valid. ``support`` is the set its draws lie in
+(real numbers, or binary values), checked against each of the model's latent sites;
+``reparameterised`` says whether gradients flow through its draws (else they are
+score-function gradients, which the ``mc`` estimator takes).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 from torch import nn
+from torch.distributions import constraints
 
+from ppl_vae.diagnostics import prior_sites
 from ppl_vae.networks import Encoder, GaussianHead, Network, mlp
 from ppl_vae.registry import GUIDES, IncompatiblePairError
 
@@ -30,17 +35,31 @@ class AmortisedGuide(nn.Module):
     """
 
     mean_field = True
+    support: constraints.Constraint = constraints.real
+    reparameterised = True
 
     def __init__(self, model: nn.Module, hidden: list[int] | None = None, network: Network | None = None):
         super().__init__()
         defaults = getattr(model, "network_config", {"hidden": [256], "network": "mlp"})
         hidden = list(defaults["hidden"] if hidden is None else hidden)
         self.latent_dims = dict(model.latent_dims)
+        self._check_support(model)
         self.encoder = Encoder(model.data_shape, hidden, network or defaults["network"])
         self.build(self.encoder.out_features)
 
     def build(self, width: int) -> None:
         raise NotImplementedError
+
+    def _check_support(self, model: nn.Module) -> None:
+        """Refuse a model whose latent sites take values this guide cannot draw (binary against real)."""
+        for site, prior in prior_sites(model).items():
+            if not _same_support(prior["fn"].support, self.support):
+                fitting = [name for name, guide in GUIDES.items() if _same_support(prior["fn"].support, guide.support)]
+                raise IncompatiblePairError(
+                    f"guide {type(self).__name__} draws {_name(self.support)} values, but the model's latent site "
+                    f"{site!r} is {_name(prior['fn'].support)}: use guide "
+                    f"{' or '.join(map(repr, fitting)) or 'of your own with that support'}"
+                )
 
 
 class GaussianEncoder(AmortisedGuide):
@@ -55,6 +74,25 @@ class GaussianEncoder(AmortisedGuide):
         with pyro.plate("data", x.shape[0]):
             for site, head in self.heads.items():
                 pyro.sample(site, dist.Normal(*head(h)).to_event(1))
+
+
+class BernoulliEncoder(AmortisedGuide):
+    """q(z | x) = prod_d Bernoulli(z_d; sigmoid(f_d(x))): binary codes, the inference network of
+    Mnih & Gregor (2014), Sec. 2, for a model with binary latent units (``prior = "bernoulli"``).
+    Its draws are not reparameterisable: the ``mc`` estimator trains it with Pyro's score-function
+    gradient (Williams 1992), each datapoint's score weighted by its own ELBO."""
+
+    support = constraints.boolean
+    reparameterised = False
+
+    def build(self, width):
+        self.heads = nn.ModuleDict({s: nn.Linear(width, d) for s, d in self.latent_dims.items()})
+
+    def forward(self, x):
+        h = self.encoder(x)
+        with pyro.plate("data", x.shape[0]):
+            for site, head in self.heads.items():
+                pyro.sample(site, dist.Bernoulli(logits=head(h)).to_event(1))
 
 
 class DeltaEncoder(AmortisedGuide):
@@ -138,7 +176,23 @@ class IAFGuide(AmortisedGuide):
                 pyro.sample(site, dist.TransformedDistribution(base, [*steps, affine]))
 
 
+def _base(support: constraints.Constraint) -> constraints.Constraint:
+    """The constraint on one coordinate: ``independent(real, 1)`` -> ``real``."""
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support
+
+
+def _name(support: constraints.Constraint) -> str:
+    return type(_base(support)).__name__.strip("_").lower()  # "real", "boolean", ...
+
+
+def _same_support(a: constraints.Constraint, b: constraints.Constraint) -> bool:
+    return type(_base(a)) is type(_base(b))
+
+
 GUIDES.register("gaussian")(GaussianEncoder)
+GUIDES.register("bernoulli")(BernoulliEncoder)
 GUIDES.register("delta")(DeltaEncoder)
 GUIDES.register("structured")(StructuredDLGMGuide)
 GUIDES.register("iaf")(IAFGuide)

@@ -41,8 +41,24 @@ class MixtureOfGaussians(nn.Module):
         return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), component)
 
 
+class BinaryUnits(nn.Module):
+    """p(z) = prod_d Bernoulli(z_d; 1/2): a code of ``latent_dim`` binary units, the prior of the
+    discrete VAEs trained with score-function gradients (Mnih & Gregor 2014, Sec. 2; their
+    sigmoid-belief-network layer with no parent). Its draws cannot be reparameterised, so a pair
+    with this prior needs a discrete guide (``bernoulli``) and the ``mc`` estimator.
+    """
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.register_buffer("probs", torch.full((latent_dim,), 0.5))
+
+    def forward(self) -> dist.Distribution:
+        return dist.Bernoulli(self.probs).to_event(1)
+
+
 #: name -> factory(latent_dim, components); ``components`` is used by the mixture only.
 PRIORS = {
     "normal": lambda latent_dim, components: StandardNormal(latent_dim),
     "mixture": MixtureOfGaussians,
+    "bernoulli": lambda latent_dim, components: BinaryUnits(latent_dim),
 }

@@ -24,7 +24,7 @@ from ppl_vae.registry import MODELS
 from ppl_vae.models.likelihoods import LIKELIHOODS
 from ppl_vae.models.priors import PRIORS, StandardNormal
 
-Prior = Literal["normal", "mixture"]
+Prior = Literal["normal", "mixture", "bernoulli"]
 Likelihood = Literal["bernoulli", "gaussian", "gaussian-learned"]
 
 
@@ -80,7 +80,8 @@ class DLGM(nn.Module):
 def vae(data_shape: tuple[int, ...], latent_dim: int = 32, hidden: list[int] = (512, 256),
         network: Network = "mlp", prior: Prior = "normal", components: int = 10,
         likelihood: Likelihood = "bernoulli", likelihood_scale: float = 0.1) -> GaussianVAE:
-    """A GaussianVAE; ``components`` applies to the mixture prior, ``likelihood_scale`` to Gaussian likelihoods."""
+    """A GaussianVAE; ``components`` applies to the mixture prior, ``likelihood_scale`` to Gaussian likelihoods.
+    ``prior = "bernoulli"`` makes the code binary (train it with guide ``bernoulli``)."""
     model = GaussianVAE(Decoder(latent_dim, list(reversed(hidden)), data_shape, network),
                         PRIORS[prior](latent_dim, components), LIKELIHOODS[likelihood](likelihood_scale), data_shape)
     model.network_config = {"hidden": list(hidden), "network": network}

@@ -3,7 +3,7 @@
 >>> import ppl_vae
 >>> from ppl_vae.models import GaussianVAE
 >>> sorted(ppl_vae.MODELS), sorted(ppl_vae.GUIDES), sorted(ppl_vae.ESTIMATORS)
-(['dlgm', 'vae'], ['delta', 'gaussian', 'iaf', 'structured'], ['analytic', 'iw', 'mc'])
+(['dlgm', 'vae'], ['bernoulli', 'delta', 'gaussian', 'iaf', 'structured'], ['analytic', 'iw', 'mc'])
 """
 
 import pyro

@@ -3,22 +3,31 @@
 Each step, Pyro runs the model/guide pair in Python: sample statements pass through the handler
 stack, distribution objects are built and their log-densities summed. For the 784-512-512-32
 VAE at batch 128 that is about 1 ms of Python in a 10 ms step on a CPU (``ppl-vae bench``).
-``TrainingLoss`` traces the loss with ``make_fx`` (PyTorch's dispatcher-level tracer) on fake
-tensors, once per batch shape, and replays the graph: gradients, random draws and the KL weight
-stay live, and the Pyro program is not re-run.
+``TrainingLoss`` traces the loss **and its backward pass** with ``make_fx`` (PyTorch's
+dispatcher-level tracer) on fake tensors, once per batch shape, and replays that joint graph:
+random draws and the KL weight stay live, and the Pyro program is not re-run.
+
+The backward pass is traced, not left to autograd at replay time, because ``make_fx`` records
+the forward below autograd: there ``detach()`` is a plain alias and a custom
+``torch.autograd.Function`` is its forward alone, so a replayed forward would lose every
+stop-gradient — the score-function surrogate ``surrogate - surrogate.detach()`` of Pyro's ELBOs
+among them — and silently train a discrete latent on zero gradients. Tracing
+``torch.autograd.grad`` records the gradient that autograd itself computes.
 
 This is what Pyro's ``JitTrace_ELBO`` does with the deprecated ``torch.jit.trace``, under its
 condition: the pair's structure must not depend on data values. Tracing on fake tensors
-enforces that — a pair that branches on a value (``if z.sum() > 0``) cannot be traced — and the
-first replay must reproduce the eager loss from the same random state. A pair that fails either
-check is run eagerly, with a ``CaptureWarning`` saying why. Plain Python numbers that a pair
-reads (a temperature held as a float attribute, say) are frozen at capture: change them and the
-replay does not see it; set ``train.capture = false`` for such pairs.
+enforces that — a pair that branches on a value (``if z.sum() > 0``) cannot be traced — and
+the first replay must reproduce the eager loss **and every parameter's gradient** from the same
+random state. A pair that fails either check is run eagerly, with a ``CaptureWarning`` saying
+why. Plain Python numbers that a pair reads (a temperature held as a float attribute, say) are
+frozen at capture: change them and the replay does not see it; set ``train.capture = false``
+for such pairs. The replayed loss has first-order gradients for the pair's parameters only.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import pyro
 import torch
@@ -27,6 +36,9 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.func import functional_call
 
 from ppl_vae.handlers import KLWeight
+
+#: a replayed gradient passes when ||replayed - eager|| <= GRAD_RTOL * ||eager|| + GRAD_ATOL, per parameter
+GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-6
 
 
 class CaptureWarning(UserWarning):
@@ -57,6 +69,48 @@ def _reason(error: BaseException) -> str:
     return "unknown error"
 
 
+@dataclass
+class JointGraph:
+    """A traced ``(loss, *grads)`` graph; ``grad_of[i]`` is the input whose gradient is output ``1 + i``."""
+
+    graph: torch.fx.GraphModule
+    grad_of: list[int]
+
+
+class _Replay(torch.autograd.Function):
+    """The captured loss as one autograd node: ``forward`` runs the joint graph, which gives the loss
+    and the parameters' gradients; ``backward`` hands those out, times the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, joint: JointGraph, *inputs):
+        loss, *grads = joint.graph(*inputs)
+        ctx.grad_of, ctx.num_inputs = joint.grad_of, len(inputs)
+        ctx.save_for_backward(*grads)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        out = [None] * ctx.num_inputs
+        for i, g in zip(ctx.grad_of, torch._foreach_mul(list(ctx.saved_tensors), grad_loss)):
+            out[i] = g
+        return None, *out
+
+
+def _grad_mismatch(names: list[str], replayed: list[torch.Tensor | None], eager: list[torch.Tensor | None]) -> str | None:
+    """The first parameter whose replayed gradient differs from the eager one, described; else None."""
+    for name, a, b in zip(names, replayed, eager):
+        if a is None and b is None:
+            continue
+        a = torch.zeros_like(b) if a is None else a
+        b = torch.zeros_like(a) if b is None else b
+        same = (a == b) | (a.isnan() & b.isnan())  # equal infinities and NaNs agree
+        difference = torch.where(same, 0.0, a - b).norm()
+        if not difference <= GRAD_RTOL * b.nan_to_num(0.0, 0.0, 0.0).norm() + GRAD_ATOL:  # a NaN fails too
+            return (f"gradient of {name!r} has norm {a.norm().item():.6g} in the replay and {b.norm().item():.6g} "
+                    f"eagerly (difference {difference.item():.3g})")
+    return None
+
+
 class TrainingLoss:
     """``loss(x, weight)``: the estimator's loss on a batch with KL weight ``weight`` (a 0-dim tensor).
 
@@ -70,11 +124,12 @@ class TrainingLoss:
 
     def __init__(self, loss_fn: nn.Module, capture: bool = True):
         self.loss_fn, self.capture = loss_fn, capture
-        self.graphs: dict[tuple, torch.fx.GraphModule | None] = {}  # batch (shape, dtype, device) -> graph
+        self.graphs: dict[tuple, JointGraph | None] = {}  # batch (shape, dtype, device) -> graph
         # the graph's inputs: the pair's parameters and buffers (updated in place by optimiser and
         # load_state_dict, so the same tensors every step)
         self.names = [n for n, _ in loss_fn.named_parameters()] + [n for n, _ in loss_fn.named_buffers()]
         self.state = [*loss_fn.parameters(), *loss_fn.buffers()]
+        self.trainable = [i for i, t in enumerate(self.state) if t.requires_grad]
 
     def _eager(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         with KLWeight(weight):
@@ -84,41 +139,57 @@ class TrainingLoss:
         key = (tuple(x.shape), x.dtype, x.device)
         if key not in self.graphs:
             return self._first(x, weight, key)
-        graph = self.graphs[key]
-        if graph is None:
+        joint = self.graphs[key]
+        if joint is None:
             with pyro.validation_enabled(False):
                 return self._eager(x, weight)
-        return graph(*self.state, x, weight)
+        return _Replay.apply(joint, *self.state, x, weight)
 
     def _first(self, x: torch.Tensor, weight: torch.Tensor, key: tuple) -> torch.Tensor:
         before = rng_state(x.device)
         loss = self._eager(x, weight)
-        self.graphs[key] = self._capture(x, weight, loss.detach(), before) if self.capture else None
+        self.graphs[key] = None
+        if self.capture and self.trainable and loss.requires_grad:
+            grads = torch.autograd.grad(loss, [self.state[i] for i in self.trainable], retain_graph=True,
+                                        allow_unused=True)
+            self.graphs[key] = self._capture(x, weight, loss.detach(), grads, before)
         return loss
 
-    def _capture(self, x, weight, expected: torch.Tensor, rng_before) -> torch.fx.GraphModule | None:
-        def loss(*tensors):
+    def _capture(self, x, weight, loss, grads, rng_before) -> JointGraph | None:
+        trainable, grad_of = self.trainable, []
+
+        def joint(*tensors):
             *state, x, weight = tensors
             with KLWeight(weight):
-                return functional_call(self.loss_fn, dict(zip(self.names, state)), (x,))
+                value = functional_call(self.loss_fn, dict(zip(self.names, state)), (x,))
+            grads = torch.autograd.grad(value, [state[i] for i in trainable], allow_unused=True)
+            grad_of[:] = [i for i, g in zip(trainable, grads) if g is not None]  # unused parameters get none
+            return value, *[g for g in grads if g is not None]
 
         try:
             with pyro.validation_enabled(False):
-                graph = make_fx(loss, tracing_mode="fake")(*self.state, x, weight)
+                graph = make_fx(joint, tracing_mode="fake")(*self.state, x, weight)
         except Exception as error:  # noqa: BLE001 — whatever stops the tracer, the pair still runs eagerly
-            warnings.warn(f"the training loss could not be captured and runs eagerly: {_reason(error)}",
-                          CaptureWarning, stacklevel=4)
-            return None
+            return self._eagerly(f"the training loss could not be captured and runs eagerly: {_reason(error)}")
         graph.graph.eliminate_dead_code()
         graph.recompile()
         rng_after = rng_state(x.device)
         set_rng_state(rng_before, x.device)
         with torch.no_grad():
-            replayed = graph(*self.state, x, weight)
+            replayed, *replayed_grads = graph(*self.state, x, weight)
         set_rng_state(rng_after, x.device)
-        if not torch.allclose(replayed, expected, rtol=1e-5, atol=1e-5, equal_nan=True):
-            warnings.warn(f"the captured training loss gave {replayed.item()} where the pair gives "
-                          f"{expected.item()} from the same random state; running eagerly", CaptureWarning,
-                          stacklevel=4)
-            return None
-        return graph
+        if not torch.allclose(replayed, loss, rtol=1e-5, atol=1e-5, equal_nan=True):
+            return self._eagerly(f"the captured training loss gave {replayed.item()} where the pair gives "
+                                 f"{loss.item()} from the same random state; running eagerly")
+        replayed_by_input = dict(zip(grad_of, replayed_grads))
+        mismatch = _grad_mismatch([self.names[i] for i in trainable], [replayed_by_input.get(i) for i in trainable],
+                                  list(grads))
+        if mismatch:
+            return self._eagerly(f"the captured training loss gives the pair's loss but not its gradients: "
+                                 f"{mismatch} from the same random state; running eagerly")
+        return JointGraph(graph, grad_of)
+
+    @staticmethod
+    def _eagerly(reason: str) -> None:
+        warnings.warn(reason, CaptureWarning, stacklevel=5)
+        return None

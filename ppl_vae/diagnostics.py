@@ -22,6 +22,8 @@ from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
+from ppl_vae.registry import IncompatiblePairError
+
 
 @dataclass
 class ElboTerms:
@@ -122,12 +124,19 @@ def reconstruct(model, guide, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def prior_draws(model, n: int, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """``n`` draws z ~ p(z) of every latent site, ``{site: [n, D]}`` (a hierarchical prior's marginals)."""
+def prior_sites(model, n: int = 1, device: str | torch.device | None = None) -> dict[str, dict]:
+    """The model's latent sample sites, in model order, from one run of its prior for ``n`` placeholder
+    data (on ``device``, default: where the model's tensors are): each site's ``fn`` and ``value``."""
+    if device is None:
+        device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
     placeholder = torch.zeros(n, *model.data_shape, device=device)  # the latents do not depend on x
     trace = prune_subsample_sites(poutine.trace(model).get_trace(placeholder))
-    return {name: site["value"] for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"]}
+    return {name: site for name, site in trace.nodes.items() if site["type"] == "sample" and not site["is_observed"]}
+
+
+def prior_draws(model, n: int, device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+    """``n`` draws z ~ p(z) of every latent site, ``{site: [n, D]}`` (a hierarchical prior's marginals)."""
+    return {name: site["value"] for name, site in prior_sites(model, n, device).items()}
 
 
 @torch.no_grad()
@@ -137,11 +146,21 @@ def sample_prior(model, n: int, device: str | torch.device = "cpu") -> torch.Ten
     return poutine.trace(model).get_trace(placeholder).nodes["x"]["fn"].mean
 
 
-def log_importance_weights(model, guide, *args, num_samples: int, **kwargs) -> torch.Tensor:
+def log_importance_weights(model, guide, *args, num_samples: int, reparameterised: bool = False,
+                           **kwargs) -> torch.Tensor:
     """log w = log p(x, z) - log q(z | x) for ``num_samples`` draws z ~ q per datapoint, shape
-    ``[num_samples, batch]``, with gradients; site scales (a KL weight) apply."""
+    ``[num_samples, batch]``, with gradients; site scales (a KL weight) apply.
+
+    :param reparameterised: refuse a guide with a latent that is not reparameterisable, whose
+        gradient through these weights would miss its score-function term.
+    """
     with pyro.plate("particles", num_samples, dim=-2):
         model_trace, guide_trace = trace_pair(model, guide, *args, **kwargs)
+    discrete = [n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and not s["fn"].has_rsample]
+    if reparameterised and discrete:
+        raise IncompatiblePairError(
+            f"the importance-weighted bound's gradient needs reparameterised draws, but the guide's "
+            f"{', '.join(map(repr, discrete))} cannot be reparameterised (a discrete latent): use estimator 'mc'")
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
     log_w = sum(s["log_prob"] for s in model_trace.nodes.values() if s["type"] == "sample")

@@ -23,6 +23,8 @@ import operator
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO, Trace_ELBO
+from pyro.infer.trace_elbo import _compute_log_r
+from pyro.infer.util import is_identically_zero
 
 from ppl_vae.diagnostics import log_importance_weights, site_kl, trace_pair
 from ppl_vae.registry import ESTIMATORS, ConfigError, IncompatiblePairError
@@ -40,6 +42,27 @@ class DeviceELBO(ELBO):
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return loss.item()
+
+
+def _score_function_elbo(model_trace, guide_trace) -> torch.Tensor:
+    """log p(x, z) - log q(z | x) whose gradient is ``Trace_ELBO``'s surrogate: the score-function
+    (REINFORCE; Williams 1992) term for each guide site that is not reparameterised, weighted by the
+    detached log p - log q of its own plate slice — each datapoint's score by its own ELBO (Pyro's
+    partial Rao-Blackwellisation; Ranganath et al. 2014, Sec. 3). As Pyro computes it, less the
+    reads of every site's value back to the host."""
+    model_sites = [s for s in model_trace.nodes.values() if s["type"] == "sample"]
+    guide_sites = [s for s in guide_trace.nodes.values() if s["type"] == "sample"]
+    value = functools.reduce(operator.add, [s["log_prob_sum"] for s in model_sites]) - functools.reduce(
+        operator.add, [s["log_prob_sum"] for s in guide_sites])
+    surrogate, log_r = functools.reduce(operator.add, [s["log_prob_sum"] for s in model_sites]), None
+    for site in guide_sites:
+        _, score_function, entropy = site["score_parts"]
+        if not is_identically_zero(entropy):
+            surrogate = surrogate - entropy.sum()
+        if not is_identically_zero(score_function):
+            log_r = _compute_log_r(model_trace, guide_trace) if log_r is None else log_r
+            surrogate = surrogate + (log_r.sum_to(site["cond_indep_stack"]) * score_function).sum()
+    return value.detach() + (surrogate - surrogate.detach())  # the ELBO's value, the surrogate's gradient
 
 
 class TraceELBO(DeviceELBO, Trace_ELBO):
@@ -86,10 +109,12 @@ class TraceELBO(DeviceELBO, Trace_ELBO):
     def _elbo_particle(self, model_trace, guide_trace) -> torch.Tensor:
         sites = [(name, site) for name, site in model_trace.nodes.items() if site["type"] == "sample"]
         if not all(guide_trace.nodes[n]["fn"].has_rsample for n, s in sites if not s["is_observed"]):
-            if self.analytic_kl:
-                raise IncompatiblePairError("estimator 'analytic' needs a reparameterised guide; use 'mc'")
-            value, surrogate = self._differentiable_loss_particle(model_trace, guide_trace)
-            return -(value + (surrogate - surrogate.detach()))
+            for option, on in (("estimator 'analytic'", self.analytic_kl), ("free bits", self.free_bits)):
+                if on:
+                    raise IncompatiblePairError(
+                        f"{option} needs a reparameterised guide; this guide samples a latent that is not "
+                        "reparameterisable (a discrete one): use estimator 'mc' without free bits")
+            return _score_function_elbo(model_trace, guide_trace)
         terms = [site["log_prob_sum"] if site["is_observed"] else self._site_term(site, guide_trace.nodes[name])
                  for name, site in sites]
         return functools.reduce(operator.add, terms)
@@ -115,7 +140,8 @@ class ImportanceWeightedELBO(DeviceELBO):
         return trace_pair(model, guide, *args, **kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        log_w = log_importance_weights(model, guide, *args, num_samples=self.num_particles, **kwargs)
+        log_w = log_importance_weights(model, guide, *args, num_samples=self.num_particles,
+                                       reparameterised=torch.is_grad_enabled(), **kwargs)
         return -(log_w.logsumexp(0) - math.log(self.num_particles)).sum()
 
 

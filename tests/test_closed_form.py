@@ -11,6 +11,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from pyro.nn import PyroModule
 
 from ppl_vae import ESTIMATORS, elbo_terms, importance_log_likelihood
@@ -88,6 +89,25 @@ def test_importance_weighting_tightens_towards_log_likelihood():
     assert abs(bounds[0] - elbo) < 4 * errors[0]  # K = 1 is the ELBO
     assert bounds[0] < bounds[1] < bounds[2] <= target + 4 * errors[2]
     assert bounds[2] == pytest.approx(target, abs=0.1)
+
+
+def test_iw_training_bound_takes_a_log_mean_exp_per_datapoint():
+    """The iw estimator's loss is -sum_n log (1/K) sum_k w_nk (Burda et al. 2016, Eq. 8, per datapoint),
+    recomputed here in closed form from the same K draws of a poor guide; one log-mean-exp over the
+    batch's summed weights would be another number."""
+    k, gain, var = 5, 0.1, 0.5
+    guide = LinearGuide(gain, var)
+    pyro.set_rng_seed(2)
+    loss = ESTIMATORS["iw"](num_particles=k)(LinearGaussian(), guide)(X)
+    pyro.set_rng_seed(2)
+    with pyro.plate("particles", k, dim=-2):
+        z = poutine.trace(guide).get_trace(X).nodes["z"]["value"]  # [K, N, 1], the estimator's draws
+    log_w = (dist.Normal(0.0, 1.0).log_prob(z) + dist.Normal(A * z + B, S).log_prob(X)
+             - dist.Normal(gain * (X - B), math.sqrt(var)).log_prob(z)).squeeze(-1)  # [K, N]
+    per_datapoint = -(log_w.logsumexp(0) - math.log(k)).sum()
+    batch_wide = -(log_w.sum(1).logsumexp(0) - math.log(k))
+    assert loss.item() == pytest.approx(per_datapoint.item(), rel=1e-5)
+    assert abs(per_datapoint - batch_wide) > 0.1
 
 
 def test_analytic_gaussian_kl_per_site_and_dimension():

@@ -58,6 +58,14 @@ def test_two_separated_codes_carry_one_bit():
     assert units["count"] == 1 and units["variance"]["z"] == [pytest.approx(100.0)]
 
 
+@pytest.mark.parametrize("variance, active", [(0.05, 1), (0.005, 0)])
+def test_a_unit_is_active_above_burda_et_al_s_threshold(variance, active):
+    """Cov_x(E_q[z | x]) = shift^2 for q(z | x) = N(+-shift, 1): active above 0.01 only."""
+    units = active_units(ShiftGuide(math.sqrt(variance)), BITS)
+    assert units["variance"]["z"] == [pytest.approx(variance, rel=1e-4)]
+    assert units["count"] == active
+
+
 def test_mutual_information_is_bounded_by_log_n():
     info = latent_information(IgnoresZ(), ShiftGuide(10.0), torch.tensor([[0.0], [1.0]] * 3))
     assert info.mi <= math.log(6) + 1e-6

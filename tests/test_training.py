@@ -128,6 +128,9 @@ def test_nan_mid_epoch_is_traced_to_its_step_with_the_parameters_it_saw():
     model = MODELS["vae"]((6,), latent_dim=2, hidden=[8], likelihood="gaussian")
     trainer = Trainer(model, GUIDES["gaussian"](model), Dataset("grey", x[:32], x[32:]),
                       TrainConfig(epochs=2, batch_size=4, seed=3))
+    drawn = []  # every batch the trainer takes: the epoch's 8, then the replay's
+    take = trainer.data.batch
+    trainer.data.batch = lambda index: (drawn.append(index.clone()), take(index))[1]
     with pyro.validation_enabled(False), pytest.raises(NonFiniteLossError) as error:
         trainer.fit()
     bad_step = trainer.step
@@ -135,4 +138,7 @@ def test_nan_mid_epoch_is_traced_to_its_step_with_the_parameters_it_saw():
     pyro.set_rng_seed(3)
     batches = torch.randperm(32).split(4)  # the epoch's batches, as the trainer drew them
     assert 7 in batches[bad_step] and all(7 not in b for b in batches[:bad_step])
+    first_pass, replay = drawn[:8], drawn[8:]
+    assert len(replay) == bad_step + 1  # the replay stops at the bad step ...
+    assert all(torch.equal(a, b) for a, b in zip(replay, first_pass))  # ... having redrawn the same batches
     assert all(torch.isfinite(p).all() for p in trainer.loss_fn.parameters())
