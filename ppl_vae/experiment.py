@@ -257,9 +257,7 @@ def run_cell(experiment: str, cell_name: str, cell: dict, folder: Path, device: 
     figures = folder / "figures"
     plots.loss_curves(history, figures / "loss.png")
     if len(data.data_shape) == 3:
-        x = trainer.data.test_eval[:8]  # on the training device
-        plots.image_grid(torch.cat([x, diagnostics.reconstruct(model, guide, x)]), figures / "reconstructions.png")
-        plots.image_grid(diagnostics.sample_prior(model, 64, trainer.device), figures / "samples.png")
+        image_figures(model, guide, trainer.data.test_eval[:8], figures)  # on the training device
     # closed-form KLs where the guide declares itself mean-field (the bundled ones do), else Monte Carlo
     analytic = trainer.analytic_kl or getattr(guide, "mean_field", None) is True
     found = collapse.diagnose(model, guide, trainer.data.test_eval, diagnostics_config(cell), analytic)
@@ -273,6 +271,13 @@ def run_cell(experiment: str, cell_name: str, cell: dict, folder: Path, device: 
     }
     write_json(summary_path, summary)
     return summary
+
+
+def image_figures(model, guide, x: torch.Tensor, figures: Path) -> None:
+    """``reconstructions.png``: the images ``x`` over their reconstructions (the mean of p(x | z) at
+    z ~ q(z | x)); ``samples.png``: the means of p(x | z) for 64 draws z ~ p(z)."""
+    plots.image_grid(torch.cat([x, diagnostics.reconstruct(model, guide, x)]), figures / "reconstructions.png")
+    plots.image_grid(diagnostics.sample_prior(model, 64, x.device), figures / "samples.png")
 
 
 def aggregate_posterior_figure(model, guide, data, path: Path, rows: int = 500, samples: int = 20) -> Path | None:
