@@ -12,7 +12,8 @@ the forward below autograd: there ``detach()`` is a plain alias and a custom
 ``torch.autograd.Function`` is its forward alone, so a replayed forward would lose every
 stop-gradient — the score-function surrogate ``surrogate - surrogate.detach()`` of Pyro's ELBOs
 among them — and silently train a discrete latent on zero gradients. Tracing
-``torch.autograd.grad`` records the gradient that autograd itself computes.
+``torch.autograd.grad`` records the gradient that autograd itself computes, and the replay sets
+the graph's gradient outputs as the parameters' ``.grad`` directly.
 
 This is what Pyro's ``JitTrace_ELBO`` does with the deprecated ``torch.jit.trace``, under its
 condition: the pair's structure must not depend on data values. Tracing on fake tensors
@@ -21,7 +22,7 @@ the first replay must reproduce the eager loss **and every parameter's gradient*
 random state. A pair that fails either check is run eagerly, with a ``CaptureWarning`` saying
 why. Plain Python numbers that a pair reads (a temperature held as a float attribute, say) are
 frozen at capture: change them and the replay does not see it; set ``train.capture = false``
-for such pairs. The replayed loss has first-order gradients for the pair's parameters only.
+for such pairs.
 """
 
 from __future__ import annotations
@@ -77,25 +78,6 @@ class JointGraph:
     grad_of: list[int]
 
 
-class _Replay(torch.autograd.Function):
-    """The captured loss as one autograd node: ``forward`` runs the joint graph, which gives the loss
-    and the parameters' gradients; ``backward`` hands those out, times the incoming gradient."""
-
-    @staticmethod
-    def forward(ctx, joint: JointGraph, *inputs):
-        loss, *grads = joint.graph(*inputs)
-        ctx.grad_of, ctx.num_inputs = joint.grad_of, len(inputs)
-        ctx.save_for_backward(*grads)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        out = [None] * ctx.num_inputs
-        for i, g in zip(ctx.grad_of, torch._foreach_mul(list(ctx.saved_tensors), grad_loss)):
-            out[i] = g
-        return None, *out
-
-
 def _grad_mismatch(names: list[str], replayed: list[torch.Tensor | None], eager: list[torch.Tensor | None]) -> str | None:
     """The first parameter whose replayed gradient differs from the eager one, described; else None."""
     for name, a, b in zip(names, replayed, eager):
@@ -112,11 +94,14 @@ def _grad_mismatch(names: list[str], replayed: list[torch.Tensor | None], eager:
 
 
 class TrainingLoss:
-    """``loss(x, weight)``: the estimator's loss on a batch with KL weight ``weight`` (a 0-dim tensor).
+    """``loss_and_grads(x, weight, scale)``: the estimator's loss on a batch with KL weight ``weight``
+    (a 0-dim tensor), times ``scale``, with its gradient set as each parameter's ``.grad`` (None
+    where the loss does not depend on the parameter), as Pyro's ``ELBO.loss_and_grads`` does.
 
     The first batch of each shape runs eagerly with Pyro's validation as the caller has it (on by
     default), which checks the pair's shapes, supports and parameters; later batches replay the
-    captured graph, or run eagerly without validation where capture is off or failed.
+    captured graph, or run eagerly without validation where capture is off or failed. The
+    gradients of a replay are the graph's own outputs, set without a copy: no autograd at all.
 
     :param loss_fn: an ``ELBOModule`` (``estimator(model, guide)``).
     :param capture: trace and replay; ``False`` runs every step eagerly.
@@ -131,44 +116,65 @@ class TrainingLoss:
         self.state = [*loss_fn.parameters(), *loss_fn.buffers()]
         self.trainable = [i for i, t in enumerate(self.state) if t.requires_grad]
 
+    def loss_and_grads(self, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``scale`` times the loss, detached; each parameter's ``.grad`` is set to its gradient.
+
+        :param scale: a 0-dim tensor (1 by default), e.g. 1 / batch size for a per-example objective.
+        """
+        scale = torch.ones((), dtype=x.dtype, device=x.device) if scale is None else scale
+        for i in self.trainable:  # free the last step's gradients first: their memory serves this step
+            self.state[i].grad = None
+        key = (tuple(x.shape), x.dtype, x.device)
+        if key not in self.graphs:
+            return self._first(x, weight, scale, key)
+        joint = self.graphs[key]
+        if joint is None:
+            with pyro.validation_enabled(False):
+                loss = self._eager(x, weight) * scale
+            self._set_grads(self.trainable, torch.autograd.grad(loss, self._trainable(), allow_unused=True))
+            return loss.detach()
+        with torch.no_grad():
+            loss, *grads = joint.graph(*self.state, x, weight, scale)
+        self._set_grads(joint.grad_of, grads)
+        return loss
+
+    def _trainable(self) -> list[torch.Tensor]:
+        return [self.state[i] for i in self.trainable]
+
+    def _set_grads(self, inputs: list[int], grads) -> None:
+        for i, g in zip(inputs, grads):
+            self.state[i].grad = g
+
     def _eager(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         with KLWeight(weight):
             return self.loss_fn(x)
 
-    def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        key = (tuple(x.shape), x.dtype, x.device)
-        if key not in self.graphs:
-            return self._first(x, weight, key)
-        joint = self.graphs[key]
-        if joint is None:
-            with pyro.validation_enabled(False):
-                return self._eager(x, weight)
-        return _Replay.apply(joint, *self.state, x, weight)
-
-    def _first(self, x: torch.Tensor, weight: torch.Tensor, key: tuple) -> torch.Tensor:
+    def _first(self, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, key: tuple) -> torch.Tensor:
         before = rng_state(x.device)
-        loss = self._eager(x, weight)
+        loss = self._eager(x, weight) * scale
+        grads = torch.autograd.grad(loss, self._trainable(), allow_unused=True) if loss.requires_grad else ()
+        self._set_grads(self.trainable, grads)
         self.graphs[key] = None
-        if self.capture and self.trainable and loss.requires_grad:
-            grads = torch.autograd.grad(loss, [self.state[i] for i in self.trainable], retain_graph=True,
-                                        allow_unused=True)
-            self.graphs[key] = self._capture(x, weight, loss.detach(), grads, before)
-        return loss
+        if self.capture and grads:
+            self.graphs[key] = self._capture(x, weight, scale, loss.detach(), grads, before)
+        return loss.detach()
 
-    def _capture(self, x, weight, loss, grads, rng_before) -> JointGraph | None:
+    def _capture(self, x, weight, scale, loss, grads, rng_before) -> JointGraph | None:
         trainable, grad_of = self.trainable, []
 
         def joint(*tensors):
-            *state, x, weight = tensors
+            *state, x, weight, scale = tensors
             with KLWeight(weight):
-                value = functional_call(self.loss_fn, dict(zip(self.names, state)), (x,))
+                value = functional_call(self.loss_fn, dict(zip(self.names, state)), (x,)) * scale
             grads = torch.autograd.grad(value, [state[i] for i in trainable], allow_unused=True)
             grad_of[:] = [i for i, g in zip(trainable, grads) if g is not None]  # unused parameters get none
-            return value, *[g for g in grads if g is not None]
+            # each gradient in its parameter's memory layout, as autograd's accumulation would give it
+            return value, *[g if g.stride() == state[i].stride() else g.contiguous() for i, g in zip(trainable, grads)
+                            if g is not None]
 
         try:
             with pyro.validation_enabled(False):
-                graph = make_fx(joint, tracing_mode="fake")(*self.state, x, weight)
+                graph = make_fx(joint, tracing_mode="fake")(*self.state, x, weight, scale)
         except Exception as error:  # noqa: BLE001 — whatever stops the tracer, the pair still runs eagerly
             return self._eagerly(f"the training loss could not be captured and runs eagerly: {_reason(error)}")
         graph.graph.eliminate_dead_code()
@@ -176,9 +182,9 @@ class TrainingLoss:
         rng_after = rng_state(x.device)
         set_rng_state(rng_before, x.device)
         with torch.no_grad():
-            replayed, *replayed_grads = graph(*self.state, x, weight)
+            replayed, *replayed_grads = graph(*self.state, x, weight, scale)
         set_rng_state(rng_after, x.device)
-        if not torch.allclose(replayed, loss, rtol=1e-5, atol=1e-5, equal_nan=True):
+        if not torch.allclose(replayed, loss, rtol=1e-5, atol=1e-5 * scale.abs().item(), equal_nan=True):
             return self._eagerly(f"the captured training loss gave {replayed.item()} where the pair gives "
                                  f"{loss.item()} from the same random state; running eagerly")
         replayed_by_input = dict(zip(grad_of, replayed_grads))

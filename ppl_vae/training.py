@@ -120,7 +120,8 @@ class Trainer:
         gamma = (config.lr_final / config.lr) ** (1 / total) if config.lr_final else 1.0
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma)
         self.loss = TrainingLoss(self.loss_fn, config.capture)
-        self.kl_weight = torch.zeros((), device=self.device)  # an input of the captured loss, set each step
+        self.kl_weight = torch.zeros((), device=self.device)  # inputs of the captured loss, set each step
+        self.scale = torch.ones((), device=self.device, dtype=self.data.train.dtype)
         self.kl_schedule = KLSchedule(config.kl_schedule, config.kl_weight,
                                       round(config.kl_warmup_epochs * self.steps_per_epoch), total, config.kl_cycles)
         self.epoch, self.step, self.history = 0, 0, []
@@ -177,7 +178,8 @@ class Trainer:
         for index in batches:
             x = self.data.batch(index)
             self.kl_weight.fill_(self.kl_schedule(self.step))
-            loss = self.loss(x, self.kl_weight) / len(x)
+            self.scale.fill_(1 / len(x))  # the objective per example
+            loss = self.loss.loss_and_grads(x, self.kl_weight, self.scale)  # sets each parameter's .grad
             if check and not torch.isfinite(loss):
                 sites = nonfinite_sites(self.model, self.guide, x)
                 raise NonFiniteLossError(
@@ -185,8 +187,6 @@ class Trainer:
                     f"log-density at {', '.join(sites) or 'no single site (check the gradients)'}. "
                     "Lower train.lr, or check the data and the likelihood scale."
                 )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
