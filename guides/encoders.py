@@ -62,21 +62,38 @@ class AmortisedGuide(nn.Module):
                 )
 
 
-class GaussianEncoder(AmortisedGuide):
-    """q(z | x) = prod_i N(z_i; mu_i(x), diag sigma_i(x)^2) over all the model's latent sites
-    (Kingma & Welling 2014, Eq. 9; mean-field across sites for deeper models)."""
+class MeanFieldEncoder(AmortisedGuide):
+    """q(z | x) = prod_i q(z_i | x) over the model's latent sites, each from its own head on the
+    encoder's features. A family is its ``head(width, dim)`` and its ``distribution(params)``."""
+
+    def head(self, width: int, dim: int) -> nn.Module:
+        return nn.Linear(width, dim)
+
+    def distribution(self, params) -> dist.Distribution:
+        raise NotImplementedError
 
     def build(self, width):
-        self.heads = nn.ModuleDict({s: GaussianHead(width, d) for s, d in self.latent_dims.items()})
+        self.heads = nn.ModuleDict({s: self.head(width, d) for s, d in self.latent_dims.items()})
 
     def forward(self, x):
         h = self.encoder(x)
         with pyro.plate("data", x.shape[0]):
             for site, head in self.heads.items():
-                pyro.sample(site, dist.Normal(*head(h)).to_event(1))
+                pyro.sample(site, self.distribution(head(h)))
 
 
-class BernoulliEncoder(AmortisedGuide):
+class GaussianEncoder(MeanFieldEncoder):
+    """q(z | x) = prod_i N(z_i; mu_i(x), diag sigma_i(x)^2) over all the model's latent sites
+    (Kingma & Welling 2014, Eq. 9; mean-field across sites for deeper models)."""
+
+    def head(self, width, dim):
+        return GaussianHead(width, dim)
+
+    def distribution(self, params):
+        return dist.Normal(*params).to_event(1)
+
+
+class BernoulliEncoder(MeanFieldEncoder):
     """q(z | x) = prod_d Bernoulli(z_d; sigmoid(f_d(x))): binary codes, the inference network of
     Mnih & Gregor (2014), Sec. 2, for a model with binary latent units (``prior = "bernoulli"``).
     Its draws are not reparameterisable: the ``mc`` estimator trains it with Pyro's score-function
@@ -85,28 +102,16 @@ class BernoulliEncoder(AmortisedGuide):
     support = constraints.boolean
     reparameterised = False
 
-    def build(self, width):
-        self.heads = nn.ModuleDict({s: nn.Linear(width, d) for s, d in self.latent_dims.items()})
-
-    def forward(self, x):
-        h = self.encoder(x)
-        with pyro.plate("data", x.shape[0]):
-            for site, head in self.heads.items():
-                pyro.sample(site, dist.Bernoulli(logits=head(h)).to_event(1))
+    def distribution(self, logits):
+        return dist.Bernoulli(logits=logits).to_event(1)
 
 
-class DeltaEncoder(AmortisedGuide):
+class DeltaEncoder(MeanFieldEncoder):
     """q(z | x) = delta(z - f(x)): a point mass. With KL weight 0 this is the plain deterministic
     autoencoder (the zero-variance limit of the VAE); with weight 1 it is MAP inference of z."""
 
-    def build(self, width):
-        self.heads = nn.ModuleDict({s: nn.Linear(width, d) for s, d in self.latent_dims.items()})
-
-    def forward(self, x):
-        h = self.encoder(x)
-        with pyro.plate("data", x.shape[0]):
-            for site, head in self.heads.items():
-                pyro.sample(site, dist.Delta(head(h)).to_event(1))
+    def distribution(self, point):
+        return dist.Delta(point).to_event(1)
 
 
 class StructuredDLGMGuide(AmortisedGuide):

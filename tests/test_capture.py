@@ -95,18 +95,27 @@ class FlakyGradient(torch.autograd.Function):
         return grad * next(FlakyGradient.calls)
 
 
-class FlakyDecoderModel(nn.Module):
+class TinyModel(nn.Module):
+    """z ~ N(0, I_2), x ~ Bernoulli(logits(z, x)) over 6 pixels; a subclass changes ``logits``."""
+
     latent_dims, data_shape = {"z": 2}, (6,)
 
     def __init__(self):
         super().__init__()
         self.decoder = nn.Linear(2, 6)
 
+    def logits(self, z, x):
+        return self.decoder(z)
+
     def forward(self, x):
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
-            logits = FlakyGradient.apply(self.decoder(z))
-            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+            pyro.sample("x", dist.Bernoulli(logits=self.logits(z, x)).to_event(1), obs=x)
+
+
+class FlakyDecoderModel(TinyModel):
+    def logits(self, z, x):
+        return FlakyGradient.apply(self.decoder(z))
 
 
 def test_a_replay_whose_gradients_differ_runs_eagerly_with_a_warning(tiny_data):
@@ -117,20 +126,11 @@ def test_a_replay_whose_gradients_differ_runs_eagerly_with_a_warning(tiny_data):
     assert list(loss.graphs.values()) == [None]
 
 
-class BranchingModel(nn.Module):
+class BranchingModel(TinyModel):
     """A model whose structure depends on a data value: it cannot be captured."""
 
-    latent_dims, data_shape = {"z": 2}, (6,)
-
-    def __init__(self):
-        super().__init__()
-        self.decoder = nn.Linear(2, 6)
-
-    def forward(self, x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
-            shift = 1.0 if x.sum() > 0 else 0.0
-            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z) + shift).to_event(1), obs=x)
+    def logits(self, z, x):
+        return self.decoder(z) + (1.0 if x.sum() > 0 else 0.0)
 
 
 def test_value_dependent_pair_runs_eagerly_with_a_warning(tiny_data):
