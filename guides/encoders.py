@@ -51,8 +51,9 @@ class AmortisedGuide(nn.Module):
         raise NotImplementedError
 
     def _check_support(self, model: nn.Module) -> None:
-        """Refuse a model whose latent sites take values this guide cannot draw (binary against real)."""
-        for site, prior in prior_sites(model).items():
+        """Refuse a model whose latent sites take values this guide cannot draw (binary against real).
+        Draws nothing: building a guide leaves the random stream (and so its own initialisation) alone."""
+        for site, prior in prior_sites(model, draw=False).items():
             if not _same_support(prior["fn"].support, self.support):
                 fitting = [name for name, guide in GUIDES.items() if _same_support(prior["fn"].support, guide.support)]
                 raise IncompatiblePairError(

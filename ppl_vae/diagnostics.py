@@ -124,14 +124,20 @@ def reconstruct(model, guide, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def prior_sites(model, n: int = 1, device: str | torch.device | None = None) -> dict[str, dict]:
+def prior_sites(model, n: int = 1, device: str | torch.device | None = None, draw: bool = True) -> dict[str, dict]:
     """The model's latent sample sites, in model order, from one run of its prior for ``n`` placeholder
-    data (on ``device``, default: where the model's tensors are): each site's ``fn`` and ``value``."""
+    data (on ``device``, default: where the model's tensors are): each site's ``fn`` and ``value``.
+
+    :param draw: draw the latents; ``False`` holds each at zero (its ``fn`` is still the model's),
+        which uses no random numbers.
+    """
     if device is None:
         device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
     placeholder = torch.zeros(n, *model.data_shape, device=device)  # the latents do not depend on x
-    trace = prune_subsample_sites(poutine.trace(model).get_trace(placeholder))
-    return {name: site for name, site in trace.nodes.items() if site["type"] == "sample" and not site["is_observed"]}
+    held = {} if draw else {s: torch.zeros(n, d, device=device) for s, d in model.latent_dims.items()}
+    trace = prune_subsample_sites(poutine.trace(poutine.condition(model, held)).get_trace(placeholder))
+    return {name: site for name, site in trace.nodes.items()
+            if site["type"] == "sample" and (not site["is_observed"] or name in held)}
 
 
 def prior_draws(model, n: int, device: str | torch.device | None = None) -> dict[str, torch.Tensor]:

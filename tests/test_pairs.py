@@ -11,6 +11,7 @@ from ppl_vae import ESTIMATORS, GUIDES, MODELS, IncompatiblePairError, KLWeight,
 from ppl_vae.capture import TrainingLoss
 from ppl_vae.data import Dataset
 from ppl_vae.diagnostics import trace_pair
+from ppl_vae.guides import AmortisedGuide
 from ppl_vae.models.priors import PRIORS
 
 # (model name, model options, data shape): each model under each swappable part
@@ -160,6 +161,18 @@ def test_structured_guide_refuses_one_layer_model():
     model = MODELS["vae"]((6,), latent_dim=2, hidden=[8])
     with pytest.raises(IncompatiblePairError, match="z1 and z2"):
         GUIDES["structured"](model)
+
+
+def test_checking_a_models_support_draws_no_random_numbers(monkeypatch):
+    """A guide initialises as it would without the check: runs keep their numbers."""
+    model = MODELS["dlgm"]((6,), latent_dim=2, hidden=[8])
+    built = []
+    for check in (True, False):
+        if not check:
+            monkeypatch.setattr(AmortisedGuide, "_check_support", lambda self, model: None)
+        pyro.set_rng_seed(4)
+        built.append(GUIDES["gaussian"](model).state_dict())
+    assert all(torch.equal(built[0][k], built[1][k]) for k in built[0])
 
 
 def test_structured_guide_draws_z2_given_z1_alone():
