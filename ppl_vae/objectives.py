@@ -52,9 +52,9 @@ def _score_function_elbo(model_trace, guide_trace) -> torch.Tensor:
     reads of every site's value back to the host."""
     model_sites = [s for s in model_trace.nodes.values() if s["type"] == "sample"]
     guide_sites = [s for s in guide_trace.nodes.values() if s["type"] == "sample"]
-    value = functools.reduce(operator.add, [s["log_prob_sum"] for s in model_sites]) - functools.reduce(
-        operator.add, [s["log_prob_sum"] for s in guide_sites])
-    surrogate, log_r = functools.reduce(operator.add, [s["log_prob_sum"] for s in model_sites]), None
+    log_p = functools.reduce(operator.add, [s["log_prob_sum"] for s in model_sites])
+    value = log_p - functools.reduce(operator.add, [s["log_prob_sum"] for s in guide_sites])
+    surrogate, log_r = log_p, None
     for site in guide_sites:
         _, score_function, entropy = site["score_parts"]
         if not is_identically_zero(entropy):
