@@ -115,6 +115,7 @@ class TrainingLoss:
         self.names = [n for n, _ in loss_fn.named_parameters()] + [n for n, _ in loss_fn.named_buffers()]
         self.state = [*loss_fn.parameters(), *loss_fn.buffers()]
         self.trainable = [i for i, t in enumerate(self.state) if t.requires_grad]
+        self.trainable_tensors = [self.state[i] for i in self.trainable]
 
     def loss_and_grads(self, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """``scale`` times the loss, detached; each parameter's ``.grad`` is set to its gradient.
@@ -122,8 +123,8 @@ class TrainingLoss:
         :param scale: a 0-dim tensor (1 by default), e.g. 1 / batch size for a per-example objective.
         """
         scale = torch.ones((), dtype=x.dtype, device=x.device) if scale is None else scale
-        for i in self.trainable:  # free the last step's gradients first: their memory serves this step
-            self.state[i].grad = None
+        for t in self.trainable_tensors:  # free the last step's gradients first: their memory serves this step
+            t.grad = None
         key = (tuple(x.shape), x.dtype, x.device)
         if key not in self.graphs:
             return self._first(x, weight, scale, key)
@@ -131,15 +132,12 @@ class TrainingLoss:
         if joint is None:
             with pyro.validation_enabled(False):
                 loss = self._eager(x, weight) * scale
-            self._set_grads(self.trainable, torch.autograd.grad(loss, self._trainable(), allow_unused=True))
+            self._set_grads(self.trainable, torch.autograd.grad(loss, self.trainable_tensors, allow_unused=True))
             return loss.detach()
         with torch.no_grad():
             loss, *grads = joint.graph(*self.state, x, weight, scale)
         self._set_grads(joint.grad_of, grads)
         return loss
-
-    def _trainable(self) -> list[torch.Tensor]:
-        return [self.state[i] for i in self.trainable]
 
     def _set_grads(self, inputs: list[int], grads) -> None:
         for i, g in zip(inputs, grads):
@@ -152,7 +150,7 @@ class TrainingLoss:
     def _first(self, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, key: tuple) -> torch.Tensor:
         before = rng_state(x.device)
         loss = self._eager(x, weight) * scale
-        grads = torch.autograd.grad(loss, self._trainable(), allow_unused=True) if loss.requires_grad else ()
+        grads = torch.autograd.grad(loss, self.trainable_tensors, allow_unused=True) if loss.requires_grad else ()
         self._set_grads(self.trainable, grads)
         self.graphs[key] = None
         if self.capture and grads:
