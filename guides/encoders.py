@@ -20,7 +20,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from ppl_vae.diagnostics import prior_sites
-from ppl_vae.networks import Encoder, GaussianHead, Network, mlp
+from ppl_vae.networks import Encoder, GaussianHead, Network, NetworkConfig, mlp
 from ppl_vae.registry import GUIDES, IncompatiblePairError
 
 
@@ -29,9 +29,10 @@ class AmortisedGuide(nn.Module):
 
     A subclass adds its output heads in ``build(width)`` and samples in ``forward``.
 
-    :param model: the model served; its ``latent_dims`` and ``data_shape`` are read.
-    :param hidden: encoder widths (default: the model's ``network_config``).
-    :param network: ``"mlp"`` or ``"conv"`` (default: the model's).
+    :param model: the model served; its ``latent_dims`` and ``data_shape`` are read, and its
+        ``network_config`` (a ``NetworkConfig``; a model without one gets ``NetworkConfig()``).
+    :param hidden: encoder widths (default: the model's ``network_config.hidden``).
+    :param network: ``"mlp"`` or ``"conv"`` (default: the model's ``network_config.network``).
     """
 
     mean_field = True
@@ -40,11 +41,11 @@ class AmortisedGuide(nn.Module):
 
     def __init__(self, model: nn.Module, hidden: list[int] | None = None, network: Network | None = None):
         super().__init__()
-        defaults = getattr(model, "network_config", {"hidden": [256], "network": "mlp"})
-        hidden = list(defaults["hidden"] if hidden is None else hidden)
+        defaults = getattr(model, "network_config", None) or NetworkConfig()
+        hidden = list(defaults.hidden if hidden is None else hidden)
         self.latent_dims = dict(model.latent_dims)
         self._check_support(model)
-        self.encoder = Encoder(model.data_shape, hidden, network or defaults["network"])
+        self.encoder = Encoder(model.data_shape, hidden, network or defaults.network)
         self.build(self.encoder.out_features)
 
     def build(self, width: int) -> None:
@@ -63,7 +64,7 @@ class AmortisedGuide(nn.Module):
                 )
 
 
-class MeanFieldEncoder(AmortisedGuide):
+class MeanFieldGuide(AmortisedGuide):
     """q(z | x) = prod_i q(z_i | x) over the model's latent sites, each from its own head on the
     encoder's features. A family is its ``head(width, dim)`` and its ``distribution(params)``."""
 
@@ -83,7 +84,7 @@ class MeanFieldEncoder(AmortisedGuide):
                 pyro.sample(site, self.distribution(head(h)))
 
 
-class GaussianEncoder(MeanFieldEncoder):
+class GaussianGuide(MeanFieldGuide):
     """q(z | x) = prod_i N(z_i; mu_i(x), diag sigma_i(x)^2) over all the model's latent sites
     (Kingma & Welling 2014, Eq. 9; mean-field across sites for deeper models)."""
 
@@ -94,7 +95,7 @@ class GaussianEncoder(MeanFieldEncoder):
         return dist.Normal(*params).to_event(1)
 
 
-class BernoulliEncoder(MeanFieldEncoder):
+class BernoulliGuide(MeanFieldGuide):
     """q(z | x) = prod_d Bernoulli(z_d; sigmoid(f_d(x))): binary codes, the inference network of
     Mnih & Gregor (2014), Sec. 2, for a model with binary latent units (``prior = "bernoulli"``).
     Its draws are not reparameterisable: the ``mc`` estimator trains it with Pyro's score-function
@@ -107,7 +108,7 @@ class BernoulliEncoder(MeanFieldEncoder):
         return dist.Bernoulli(logits=logits).to_event(1)
 
 
-class DeltaEncoder(MeanFieldEncoder):
+class DeltaGuide(MeanFieldGuide):
     """q(z | x) = delta(z - f(x)): a point mass. With KL weight 0 this is the plain deterministic
     autoencoder (the zero-variance limit of the VAE); with weight 1 it is MAP inference of z."""
 
@@ -197,8 +198,8 @@ def _same_support(a: constraints.Constraint, b: constraints.Constraint) -> bool:
     return type(_base(a)) is type(_base(b))
 
 
-GUIDES.register("gaussian")(GaussianEncoder)
-GUIDES.register("bernoulli")(BernoulliEncoder)
-GUIDES.register("delta")(DeltaEncoder)
+GUIDES.register("gaussian")(GaussianGuide)
+GUIDES.register("bernoulli")(BernoulliGuide)
+GUIDES.register("delta")(DeltaGuide)
 GUIDES.register("structured")(StructuredDLGMGuide)
 GUIDES.register("iaf")(IAFGuide)

@@ -19,7 +19,7 @@ import pyro
 import pyro.distributions as dist
 from torch import nn
 
-from ppl_vae.networks import Decoder, GaussianHead, Network, mlp
+from ppl_vae.networks import Decoder, GaussianHead, Network, NetworkConfig, mlp
 from ppl_vae.registry import MODELS
 from ppl_vae.models.likelihoods import LIKELIHOODS
 from ppl_vae.models.priors import PRIORS, StandardNormal
@@ -35,6 +35,8 @@ class GaussianVAE(nn.Module):
     :param prior: module whose ``forward()`` gives p(z), e.g. ``StandardNormal(d)``.
     :param likelihood: module mapping decoder output to p(x | z), e.g. ``Bernoulli()``.
     :param data_shape: shape of one example.
+    :param network_config: the widths and kind of network ``decoder`` mirrors, which guides take
+        as their defaults (default: ``NetworkConfig()``).
 
     >>> from ppl_vae.models import GaussianVAE, StandardNormal, Bernoulli
     >>> from ppl_vae.networks import Decoder
@@ -43,10 +45,11 @@ class GaussianVAE(nn.Module):
     {'z': 2}
     """
 
-    def __init__(self, decoder: nn.Module, prior: nn.Module, likelihood: nn.Module, data_shape: tuple[int, ...]):
+    def __init__(self, decoder: nn.Module, prior: nn.Module, likelihood: nn.Module, data_shape: tuple[int, ...],
+                 network_config: NetworkConfig | None = None):
         super().__init__()
         self.decoder, self.prior, self.likelihood = decoder, prior, likelihood
-        self.data_shape = tuple(data_shape)
+        self.data_shape, self.network_config = tuple(data_shape), network_config or NetworkConfig()
         self.latent_dims = {"z": prior().event_shape[0]}
 
     def forward(self, x):
@@ -60,13 +63,14 @@ class DLGM(nn.Module):
     Rezende, Mohamed & Wierstra (2014), Eq. 2, with L = 2.
 
     :param conditional: network z2 -> (loc, scale) of the Gaussian p(z1 | z2).
+    :param network_config: as for ``GaussianVAE``.
     """
 
     def __init__(self, decoder: nn.Module, conditional: nn.Module, prior: nn.Module, likelihood: nn.Module,
-                 data_shape: tuple[int, ...], z1_dim: int):
+                 data_shape: tuple[int, ...], z1_dim: int, network_config: NetworkConfig | None = None):
         super().__init__()
         self.decoder, self.conditional, self.prior, self.likelihood = decoder, conditional, prior, likelihood
-        self.data_shape = tuple(data_shape)
+        self.data_shape, self.network_config = tuple(data_shape), network_config or NetworkConfig()
         self.latent_dims = {"z2": prior().event_shape[0], "z1": z1_dim}
 
     def forward(self, x):
@@ -82,10 +86,9 @@ def vae(data_shape: tuple[int, ...], latent_dim: int = 32, hidden: list[int] = (
         likelihood: Likelihood = "bernoulli", likelihood_scale: float = 0.1) -> GaussianVAE:
     """A GaussianVAE; ``components`` applies to the mixture prior, ``likelihood_scale`` to Gaussian likelihoods.
     ``prior = "bernoulli"`` makes the code binary (train it with guide ``bernoulli``)."""
-    model = GaussianVAE(Decoder(latent_dim, list(reversed(hidden)), data_shape, network),
-                        PRIORS[prior](latent_dim, components), LIKELIHOODS[likelihood](likelihood_scale), data_shape)
-    model.network_config = {"hidden": list(hidden), "network": network}
-    return model
+    return GaussianVAE(Decoder(latent_dim, list(reversed(hidden)), data_shape, network),
+                       PRIORS[prior](latent_dim, components), LIKELIHOODS[likelihood](likelihood_scale), data_shape,
+                       NetworkConfig(tuple(hidden), network))
 
 
 @MODELS.register("dlgm")
@@ -96,7 +99,6 @@ def dlgm(data_shape: tuple[int, ...], latent_dim: int = 32, top_latent_dim: int 
     top = top_latent_dim or latent_dim
     width = hidden[-1] if hidden else 64
     conditional = nn.Sequential(mlp([top, width], final_activation=True), GaussianHead(width, latent_dim))
-    model = DLGM(Decoder(latent_dim, list(reversed(hidden)), data_shape, network), conditional,
-                 StandardNormal(top), LIKELIHOODS[likelihood](likelihood_scale), data_shape, latent_dim)
-    model.network_config = {"hidden": list(hidden), "network": network}
-    return model
+    return DLGM(Decoder(latent_dim, list(reversed(hidden)), data_shape, network), conditional,
+                StandardNormal(top), LIKELIHOODS[likelihood](likelihood_scale), data_shape, latent_dim,
+                NetworkConfig(tuple(hidden), network))

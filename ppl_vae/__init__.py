@@ -9,7 +9,7 @@
 import pyro
 
 # Parameters live in their modules, not in Pyro's global param store: two models that both
-# have a "decoder" never share weights (DESIGN.md, pitfall 1).
+# have a "decoder" never share weights.
 pyro.settings.set(module_local_params=True)
 
 from ppl_vae import guides, models  # noqa: E402  (registers the bundled models and guides)
@@ -18,8 +18,10 @@ from ppl_vae.data import DATASETS, Dataset  # noqa: E402
 from ppl_vae.diagnostics import elbo_terms, evaluate, importance_log_likelihood  # noqa: E402
 from ppl_vae.handlers import KLSchedule, KLWeight  # noqa: E402
 from ppl_vae.registry import ESTIMATORS, GUIDES, MODELS, ConfigError, IncompatiblePairError  # noqa: E402
-from ppl_vae.training import NonFiniteLossError, TrainConfig, Trainer  # noqa: E402
+from ppl_vae.config import DiagnosticsConfig, TrainConfig  # noqa: E402
+from ppl_vae.nonfinite import NonFiniteLossError  # noqa: E402
+from ppl_vae.training import Trainer  # noqa: E402
 
 __all__ = ["models", "guides", "MODELS", "GUIDES", "ESTIMATORS", "DATASETS", "Dataset", "KLWeight", "KLSchedule",
-           "TrainConfig", "Trainer", "NonFiniteLossError", "ConfigError", "IncompatiblePairError", "elbo_terms",
+           "TrainConfig", "DiagnosticsConfig", "Trainer", "NonFiniteLossError", "ConfigError", "IncompatiblePairError", "elbo_terms",
            "evaluate", "importance_log_likelihood"]

@@ -39,7 +39,7 @@ from ppl_vae.data import DATASETS, Dataset
 from ppl_vae.diagnostics import importance_log_likelihood
 from ppl_vae.io import write_json
 from ppl_vae.registry import GUIDES, MODELS
-from ppl_vae.training import TrainConfig, Trainer, adam
+from ppl_vae.training import TrainConfig, Trainer, adam, resolve_device
 
 LOG_2PI = math.log(2 * math.pi)
 #: the benchmark VAE: 784-512-512-32 with a Bernoulli decoder
@@ -209,12 +209,10 @@ def bench_iw(num_samples: list[int], chunk_sizes: list[int], datapoints: int, de
     return rows
 
 
-def run(out: str | Path = "runs/bench.json", device: str = "cpu", rounds: int = 41, rows: int = 8192,
+def run(out: str | Path = "runs/bench.json", device: str = "auto", rounds: int = 41, rows: int = 8192,
         quick: bool = False, log=print) -> dict:
     """Run every benchmark, print a table and write the results (JSON) to ``out``."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch.cuda.is_available() is False")
+    device = resolve_device(device)
     sizes = dict(rows=512, hidden=[32], latent=4) if quick else dict(rows=rows)
     rounds = 1 if quick else rounds
     log(f"training steps, {'quick' if quick else '784-512-512-32 VAE'} on {device}:")

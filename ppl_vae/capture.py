@@ -37,6 +37,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.func import functional_call
 
 from ppl_vae.handlers import KLWeight
+from ppl_vae.random_state import rng_state, set_rng_state
 
 #: a replayed gradient passes when ||replayed - eager|| <= GRAD_RTOL * ||eager|| + GRAD_ATOL, per parameter
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-6
@@ -44,20 +45,6 @@ GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-6
 
 class CaptureWarning(UserWarning):
     """The pair could not be captured and runs eagerly (slower, otherwise the same)."""
-
-
-def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    """torch's random state, and the GPU's when ``device`` is one (as tensors: checkpoints keep it)."""
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def _reason(error: BaseException) -> str:

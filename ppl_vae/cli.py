@@ -4,28 +4,33 @@ bundled, ``bench`` the speed."""
 from __future__ import annotations
 
 import argparse
+import inspect
+import re
 import sys
 
-from ppl_vae.registry import ConfigError, IncompatiblePairError
+from ppl_vae.registry import ConfigError
 
 
-def _first_line(obj) -> str:
-    return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
+def first_sentence(text: str | None) -> str:
+    """The first sentence of ``text``, on one line, however the text is wrapped."""
+    flat = " ".join((text or "").split())
+    match = re.search(r"(?<!\be\.g)(?<!\bi\.e)(?<!\bet al)(?<!\bEq)(?<!\bEqs)(?<!\bSec)(?<!\bvs)[.!?](?=\s|$)", flat)
+    return flat[: match.end()] if match else flat
 
 
 def list_all() -> str:
-    import tomllib
-
-    from ppl_vae import DATASETS, ESTIMATORS, GUIDES, MODELS
-    from ppl_vae.experiment import bundled
+    from ppl_vae import DATASETS, ESTIMATORS, GUIDES, MODELS, studies
+    from ppl_vae.experiment_file import bundled, load
 
     lines = ["experiments:"]
-    for name, path in bundled().items():
-        lines.append(f"  {name:<18} {tomllib.loads(path.read_text()).get('description', '')}")
+    lines += [f"  {name:<18} {first_sentence(load(path)[1].get('description'))}" for name, path in bundled().items()]
     for title, registry in (("models", MODELS), ("guides", GUIDES), ("estimators", ESTIMATORS),
                             ("datasets", DATASETS)):
         lines.append(f"{title}:")
-        lines += [f"  {name:<18} {_first_line(factory)}" for name, factory in sorted(registry.items())]
+        lines += [f"  {name:<18} {first_sentence(factory.__doc__)}" for name, factory in sorted(registry.items())]
+    lines.append("reports:")
+    lines += [f"  {name:<18} {first_sentence(inspect.getmodule(studies.find(name).report).__doc__)}"
+              for name in studies.bundled()]
     return "\n".join(lines)
 
 
@@ -37,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", help="run folder (default: runs/EXPERIMENT)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set train.epochs=5 (repeatable)")
-    run.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    run.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU, else the CPU), cpu or cuda "
+                     "(default: auto)")
     run.add_argument("--quick", action="store_true", help="shrink to a smoke-sized run that takes seconds")
     run.add_argument("--force", action="store_true", help="overwrite an existing run folder")
     run.add_argument("--resume", action="store_true", help="continue an existing run folder from its checkpoints")
@@ -47,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("list", help="list bundled experiments, models, guides, estimators and datasets")
     bench = commands.add_parser("bench", help="time the toolkit against hand-written PyTorch (not part of the tests)")
     bench.add_argument("--out", default="runs/bench.json", help="results file (default: runs/bench.json)")
-    bench.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    bench.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     bench.add_argument("--rounds", type=int, default=41, help="timed rounds per batch size (default: 41)")
     bench.add_argument("--quick", action="store_true", help="tiny sizes: checks that the benchmark runs, times nothing")
     args = parser.parse_args(argv)
@@ -70,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
         summaries = run_experiment(args.experiment, args.out, args.overrides, args.device, args.quick, args.force,
                                    args.resume, args.jobs, progress=True)
-    except (ConfigError, IncompatiblePairError) as error:
+    except ConfigError as error:  # every user error (a bad file, value, pair or run folder): one line, exit 2
         print(f"ppl-vae: error: {error}", file=sys.stderr)
         return 2
     print(f"{'cell':<40} {'-ELBO':>9} {'recon':>8} {'KL':>7} {'active':>6} {'log p(x)':>9} {'train -ELBO':>11} "

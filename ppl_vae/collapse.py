@@ -21,7 +21,8 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
-from ppl_vae.diagnostics import evaluate, importance_log_likelihood
+from ppl_vae.config import DiagnosticsConfig
+from ppl_vae.diagnostics import evaluate, importance_log_likelihood, prior_draws
 
 #: Burda et al. (2016): a unit is active when Cov_x(E_q[u | x]) exceeds this
 ACTIVE_THRESHOLD = 0.01
@@ -33,6 +34,14 @@ def _latent_sites(trace, names=None) -> dict:
             if site["type"] == "sample" and (name in names if names is not None else not site["is_observed"])}
 
 
+def _guide_sites(guide, data: torch.Tensor, num_samples: int, batch_size: int):
+    """Run ``guide`` on ``data`` ``batch_size`` rows at a time with ``num_samples`` particles; yields
+    each batch and its latent sites (values ``[S, B, D]`` or broadcastable to it)."""
+    for x in data.split(batch_size):
+        with pyro.plate("particles", num_samples, dim=-2):
+            yield x, _latent_sites(poutine.trace(guide).get_trace(x))
+
+
 @torch.no_grad()
 def posterior_means(guide, data: torch.Tensor, num_samples: int = 1, batch_size: int = 1000) -> dict[str, torch.Tensor]:
     """E_q[z | x] per datapoint and latent site, ``{site: [N, D]}``.
@@ -42,9 +51,7 @@ def posterior_means(guide, data: torch.Tensor, num_samples: int = 1, batch_size:
     where a distribution has no closed-form mean (a flow) its draws are averaged instead.
     """
     means: dict[str, list[torch.Tensor]] = {}
-    for x in data.split(batch_size):
-        with pyro.plate("particles", num_samples, dim=-2):
-            sites = _latent_sites(poutine.trace(guide).get_trace(x))
+    for x, sites in _guide_sites(guide, data, num_samples, batch_size):
         for name, site in sites.items():
             try:
                 mean = site["fn"].mean
@@ -98,8 +105,7 @@ def latent_information(model, guide, data: torch.Tensor, num_samples: int = 1,
     over all N data, so the cost is N * num_samples * N guide densities, ``chunk_size`` draws at a
     time. I_q(x; z) <= log N: with few data it is biased low for a well-used latent.
     """
-    with pyro.plate("particles", num_samples, dim=-2):
-        draws = _latent_sites(poutine.trace(guide).get_trace(data))
+    ((_, draws),) = _guide_sites(guide, data, num_samples, len(data))
     values = {name: site["value"].expand(num_samples, len(data), *site["fn"].event_shape).transpose(0, 1)
               .reshape(len(data) * num_samples, -1) for name, site in draws.items()}  # [N * S, D], datapoint-major
     owner = torch.arange(len(data), device=data.device).repeat_interleave(num_samples)
@@ -122,34 +128,15 @@ def posterior_draws(guide, data: torch.Tensor, num_samples: int = 20, batch_size
     """``num_samples`` draws z ~ q(z | x) per datapoint and latent site, ``{site: [N, S, D]}``;
     pooled over the data they are draws of the aggregate posterior q(z) (Hoffman & Johnson 2016)."""
     draws: dict[str, list[torch.Tensor]] = {}
-    for x in data.split(batch_size):
-        with pyro.plate("particles", num_samples, dim=-2):
-            sites = _latent_sites(poutine.trace(guide).get_trace(x))
+    for x, sites in _guide_sites(guide, data, num_samples, batch_size):
         for name, site in sites.items():
             value = site["value"].expand(num_samples, len(x), *site["fn"].event_shape)
             draws.setdefault(name, []).append(value.transpose(0, 1))
     return {name: torch.cat(parts) for name, parts in draws.items()}
 
 
-@dataclass(frozen=True)
-class DiagnosticsConfig:
-    """What ``diagnose`` measures; the keys of an experiment file's ``[diagnostics]`` section."""
-
-    rows: int = 500  # held-out rows scored (the first ones)
-    particles: int = 10  # draws of z per datapoint for the ELBO terms
-    iw_samples: int = 200  # K, importance samples per datapoint for log p(x), the gap and PSIS k-hat
-    chunk_size: int = 100  # importance samples drawn at once per datapoint (bounds the memory)
-    info_samples: int = 1  # draws per datapoint for I(x; z) and KL(q(z) || p(z))
-    mean_samples: int = 500  # draws per datapoint averaged into E_q[z | x] where it has no closed form (flows)
-
-    def __post_init__(self):
-        for key in ("rows", "particles", "iw_samples", "chunk_size", "info_samples", "mean_samples"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"[diagnostics] {key} = {getattr(self, key)!r} is out of range: it must be >= 1")
-
-
 @torch.no_grad()
-def diagnose(model, guide, data: torch.Tensor, config: DiagnosticsConfig = DiagnosticsConfig(),
+def diagnose(model, guide, data: torch.Tensor, config: DiagnosticsConfig | None = None,
              analytic_kl: bool = False) -> dict:
     """Everything that says whether and how much the latent is used, on ``data[:config.rows]``,
     in nats per datapoint: the ELBO terms (``loss``, ``recon``, ``kl``, per site and dimension,
@@ -160,6 +147,7 @@ def diagnose(model, guide, data: torch.Tensor, config: DiagnosticsConfig = Diagn
     ``analytic_kl``: closed-form KLs where registered; only for a mean-field guide (as the
     ``analytic`` estimator).
     """
+    config = config or DiagnosticsConfig()
     x = data[: config.rows]
     terms = evaluate(model, guide, x, analytic_kl, num_particles=config.particles)
     iw = importance_log_likelihood(model, guide, x, config.iw_samples, config.chunk_size, khat=True)
@@ -173,3 +161,22 @@ def diagnose(model, guide, data: torch.Tensor, config: DiagnosticsConfig = Diagn
         "latent_dims": {site: len(v) for site, v in units["variance"].items()},
         "mi": info.mi, "marginal_kl": info.marginal_kl, "info_kl": info.kl,
     }
+
+
+def aggregate_posterior_panels(model, guide, data, rows: int | None = None, samples: int = 20,
+                               sites: list[str] | None = None, title: str = "{site}: aggregate posterior vs prior",
+                               prior_samples: int = 20_000) -> list[tuple]:
+    """What ``plots.aggregate_posterior`` draws: per latent site, ``(title, draws of q(z | x) [N, S, D],
+    labels [N] or None, draws of p(z) [M, D])`` on the first ``rows`` held-out examples of ``data``
+    (a ``Dataset``; all of them by default), ``samples`` draws per example; their pool is the
+    aggregate posterior q(z) (Hoffman & Johnson 2016).
+
+    :param sites: the sites to draw (default: every 1-D or 2-D one; larger ones cannot be drawn).
+    :param title: each panel's title, ``{site}`` filled in.
+    """
+    x = data.test_eval[:rows]
+    labels = None if data.test_labels is None else data.test_labels[:rows]
+    draws = posterior_draws(guide, x, samples)
+    prior = prior_draws(model, prior_samples, x.device)
+    return [(title.format(site=site), draws[site], labels, prior[site])
+            for site in (sites if sites is not None else [s for s, d in draws.items() if d.shape[-1] <= 2])]

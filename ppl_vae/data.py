@@ -9,9 +9,9 @@ train evaluation always use one fixed draw, so scores are comparable across epoc
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -57,18 +57,29 @@ class Dataset:
         x = self.train[index]
         return torch.bernoulli(x) if self.binarize == "dynamic" else x
 
+    def map_tensors(self, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> "Dataset":
+        """A copy with ``fn(field name, tensor)`` applied to every tensor field that is set."""
+        return replace(self, **{f: fn(f, getattr(self, f)) for f in TENSOR_FIELDS if getattr(self, f) is not None})
+
     def to(self, device: torch.device | str) -> "Dataset":
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Dataset(self.name, move(self.train), move(self.test), self.binarize, move(self.train_labels),
-                       move(self.test_labels), move(self.train_eval), move(self.test_eval))
+        return self.map_tensors(lambda _, t: t.to(device))
+
+
+#: the fields of a ``Dataset`` that hold tensors, each named by its split first
+TENSOR_FIELDS = ("train", "test", "train_labels", "test_labels", "train_eval", "test_eval")
+
+
+def held_out_count(rows: int, test_fraction: float) -> int:
+    """How many of ``rows`` to hold out: ``test_fraction`` of them, at least one."""
+    if not 0 < test_fraction < 1:
+        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    return max(1, round(test_fraction * rows))
 
 
 def split(x: torch.Tensor, labels: torch.Tensor | None, test_fraction: float, seed: int):
     """Shuffle with ``seed`` and hold out ``test_fraction`` of the rows."""
-    if not 0 < test_fraction < 1:
-        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    n_test = held_out_count(len(x), test_fraction)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_test = max(1, round(test_fraction * len(x)))
     test, train = order[:n_test], order[n_test:]
     pick = lambda t, i: None if t is None else t[i]  # noqa: E731
     return x[train], x[test], pick(labels, train), pick(labels, test)
@@ -78,10 +89,8 @@ def _limit(ds: Dataset, limit: int | None) -> Dataset:
     """The first ``limit`` training and ``limit // 4`` held-out examples (smoke-sized runs)."""
     if limit is None:
         return ds
-    n_test = max(1, limit // 4)
-    cut = lambda t, n: None if t is None else t[:n]  # noqa: E731
-    return Dataset(ds.name, ds.train[:limit], ds.test[:n_test], ds.binarize, cut(ds.train_labels, limit),
-                   cut(ds.test_labels, n_test), cut(ds.train_eval, limit), cut(ds.test_eval, n_test))
+    size = {"train": limit, "test": max(1, limit // 4)}
+    return ds.map_tensors(lambda field, t: t[:size[field.split("_")[0]]])
 
 
 @DATASETS.register("bits")
@@ -94,11 +103,9 @@ def bits(n: int = 5, rows: int = 1000, test_fraction: float = 0.2, limit: int | 
     """
     if n < 1 or rows < 2:
         raise ConfigError(f"bits needs n >= 1 and rows >= 2, got n={n}, rows={rows}")
-    if not 0 < test_fraction < 1:
-        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    n_test = held_out_count(rows, test_fraction)
     bit = torch.arange(rows) % 2
     x = bit[:, None].expand(rows, n).float().contiguous()
-    n_test = max(1, round(test_fraction * rows))
     return _limit(Dataset(f"bits-{n}", x[:-n_test], x[-n_test:], "none", bit[:-n_test], bit[-n_test:]), limit)
 
 

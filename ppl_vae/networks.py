@@ -9,6 +9,7 @@ Data are ``[B, *data_shape]``: ``data_shape`` is ``(n,)`` for vectors and
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -16,6 +17,15 @@ from torch import nn
 from torch.nn import functional as F
 
 Network = Literal["mlp", "conv"]
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The encoder widths and network kind a model's decoder mirrors; guides built for the model
+    take them as their defaults, so a pair is symmetric unless told otherwise."""
+
+    hidden: tuple[int, ...] = (256,)  # encoder widths, input side first
+    network: Network = "mlp"  # "mlp", or "conv" for images
 
 
 def mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:

@@ -65,7 +65,7 @@ def _score_function_elbo(model_trace, guide_trace) -> torch.Tensor:
     return value.detach() + (surrogate - surrogate.detach())  # the ELBO's value, the surrogate's gradient
 
 
-class TraceELBO(DeviceELBO, Trace_ELBO):
+class ElboEstimator(DeviceELBO, Trace_ELBO):
     """-ELBO = -E_q[log p(x, z) - log q(z | x)], summed over sites and data, averaged over particles.
 
     For a reparameterised guide the surrogate loss of ``Trace_ELBO`` is the loss itself; a guide
@@ -125,7 +125,7 @@ class TraceELBO(DeviceELBO, Trace_ELBO):
         return -elbo if self.num_particles == 1 else -elbo / self.num_particles
 
 
-class ImportanceWeightedELBO(DeviceELBO):
+class ImportanceWeightedEstimator(DeviceELBO):
     """The IWAE bound sum_n log (1/K) sum_k p(x_n, z_nk) / q(z_nk | x_n), z_nk ~ q(z | x_n)
     (Burda, Grosse & Salakhutdinov 2016, Eq. 8). K = 1 is the ELBO.
 
@@ -148,13 +148,13 @@ class ImportanceWeightedELBO(DeviceELBO):
 @ESTIMATORS.register("mc")
 def mc(num_particles: int = 1, free_bits: float = 0.0) -> ELBO:
     """Monte Carlo ELBO (Trace_ELBO's estimator), particles vectorised; valid for every pair."""
-    return TraceELBO(num_particles, free_bits=free_bits)
+    return ElboEstimator(num_particles, free_bits=free_bits)
 
 
 @ESTIMATORS.register("analytic")
 def analytic(num_particles: int = 1, free_bits: float = 0.0) -> ELBO:
     """ELBO with the KL in closed form where registered (TraceMeanField_ELBO's); mean-field guides only."""
-    return TraceELBO(num_particles, analytic_kl=True, free_bits=free_bits)
+    return ElboEstimator(num_particles, analytic_kl=True, free_bits=free_bits)
 
 
 @ESTIMATORS.register("iw")
@@ -163,4 +163,4 @@ def iw(num_particles: int = 5, free_bits: float = 0.0) -> ELBO:
     if free_bits:
         raise ConfigError("free bits apply to a KL term, which the importance-weighted bound has not: "
                           "use estimator 'mc' or 'analytic' with free_bits, or set free_bits = 0")
-    return ImportanceWeightedELBO(num_particles)
+    return ImportanceWeightedEstimator(num_particles)

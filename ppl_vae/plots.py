@@ -15,6 +15,15 @@ from torchvision.utils import save_image  # noqa: E402
 from ppl_vae.io import atomic_write  # noqa: E402
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` as a PNG (atomically) and close it."""
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
 def loss_curves(history: list[dict], path: str | Path) -> Path:
     """Negative ELBO, reconstruction and KL per epoch, train and held-out, in nats per example."""
     epochs = [row["epoch"] for row in history]
@@ -26,11 +35,7 @@ def loss_curves(history: list[dict], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].plot(epochs, [row["train_objective"] for row in history], ":", label="train objective")
     axes[0].legend()
-    fig.tight_layout()
-    try:
-        return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 def image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
@@ -69,11 +74,7 @@ def aggregate_posterior(panels: list[tuple[str, torch.Tensor, torch.Tensor | Non
             ax.set(xlabel="z[0]", ylabel="z[1]")
         ax.set_title(title)
         ax.legend(fontsize=7, markerscale=3)
-    fig.tight_layout()
-    try:
-        return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 def curves(x: list[float], series: dict[str, list[float]], path: str | Path, xlabel: str, ylabel: str,
@@ -88,8 +89,4 @@ def curves(x: list[float], series: dict[str, list[float]], path: str | Path, xla
            yscale="log" if logy else "linear")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    return _save(fig, path)

@@ -44,7 +44,6 @@ MODELS = Registry("model")
 GUIDES = Registry("guide")
 DATASETS = Registry("dataset")
 ESTIMATORS = Registry("estimator")
-REPORTS = Registry("report")  # run folder -> a study's table and figures (ppl_vae.reports)
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:

@@ -11,57 +11,42 @@ device and batches are drawn by index; losses are read back once per epoch.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
+from ppl_vae.capture import TrainingLoss
+from ppl_vae.config import TrainConfig
 from ppl_vae.data import Dataset
-from ppl_vae.diagnostics import evaluate, trace_pair
-from ppl_vae.capture import TrainingLoss, rng_state, set_rng_state
+from ppl_vae.diagnostics import evaluate
 from ppl_vae.handlers import KLSchedule
 from ppl_vae.io import load_tensors, save_tensors
+from ppl_vae.models.likelihoods import check_data
+from ppl_vae.nonfinite import EpochSnapshot, NonFiniteLossError, step_error, unexplained_error
+from ppl_vae.random_state import preserved_rng, rng_state, set_rng_state
 from ppl_vae.registry import ESTIMATORS, ConfigError
+
+__all__ = ["Trainer", "TrainConfig", "NonFiniteLossError", "adam", "resolve_device"]
 
 #: train-set examples scored per epoch (a fixed subset keeps large sets cheap)
 TRAIN_EVAL_SIZE = 10_000
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to fit a pair; every field is a key of an experiment file's ``[train]`` section."""
-
-    epochs: int = 20  # passes over the training set
-    batch_size: int = 128  # examples per step; 0 = the full training set
-    lr: float = 1e-3  # Adam learning rate at the first step
-    lr_final: float | None = None  # decay exponentially to this by the last step; None = constant
-    estimator: str = "mc"  # registered ELBO estimator: mc | analytic | iw
-    num_particles: int = 1  # samples of z per datapoint in the training objective
-    free_bits: float = 0.0  # nats per latent dimension the KL may use for free (Kingma et al. 2016); 0 = off
-    kl_weight: float = 1.0  # beta: 1 = ELBO, > 1 = beta-VAE, 0 with guide "delta" = plain autoencoder
-    kl_schedule: Literal["constant", "linear", "cyclical"] = "constant"  # how the weight reaches kl_weight
-    kl_warmup_epochs: float = 0.0  # linear schedule: epochs to ramp the weight from 0
-    kl_cycles: int = 4  # cyclical schedule: number of ramps over the run
-    seed: int = 0  # seeds parameters, batches and samples: the same seed gives the same run
-    checkpoint_every: int = 5  # epochs between checkpoints (the last epoch is always saved)
-    eval_every: int = 1  # epochs between scored history rows (the last epoch is always scored)
-    capture: bool = True  # replay the loss as a captured graph (ppl_vae.capture); false = run the pair eagerly
-
-    def __post_init__(self):
-        checks = {
-            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 0, "lr": self.lr > 0,
-            "lr_final": self.lr_final is None or self.lr_final > 0, "num_particles": self.num_particles >= 1, "free_bits": self.free_bits >= 0,
-            "kl_weight": self.kl_weight >= 0, "kl_warmup_epochs": self.kl_warmup_epochs >= 0,
-            "kl_cycles": self.kl_cycles >= 1, "checkpoint_every": self.checkpoint_every >= 0,
-            "eval_every": self.eval_every >= 1,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"[train] {key} = {getattr(self, key)!r} is out of range")
-        ESTIMATORS[self.estimator](self.num_particles, self.free_bits)  # unknown name or bad pairing -> ConfigError
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA when torch sees a GPU, else the CPU; ``"cuda"`` without one is a ``ConfigError``."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"device {str(name)!r} is not one torch knows: use auto, cpu or cuda") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(name)!r} was asked for, but torch sees no CUDA device: use cpu or auto")
+    return device
 
 
 def adam(params, lr: float) -> torch.optim.Adam:
@@ -72,22 +57,6 @@ def adam(params, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, ValueError):  # fused kernels need floating-point parameters on a supported device
         return torch.optim.Adam(params, lr=lr)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the message names the step and the sites."""
-
-
-def nonfinite_sites(model, guide, x: torch.Tensor) -> list[str]:
-    """Sample sites of the pair (guide first) whose log-density on ``x`` is not finite."""
-    with torch.no_grad():
-        model_trace, guide_trace = trace_pair(model, guide, x)
-    bad = []
-    for where, trace in (("guide", guide_trace), ("model", model_trace)):
-        for name, site in trace.nodes.items():
-            if site["type"] == "sample" and not torch.isfinite(site["fn"].log_prob(site["value"])).all():
-                bad.append(f"{name!r} ({where})")
-    return bad
 
 
 class Trainer:
@@ -101,17 +70,15 @@ class Trainer:
     :param progress: show a progress bar over epochs.
     """
 
-    def __init__(self, model, guide, data: Dataset, config: TrainConfig = TrainConfig(),
+    def __init__(self, model, guide, data: Dataset, config: TrainConfig | None = None,
                  device: str | torch.device = "cpu", progress: bool = False):
-        self.device = torch.device(device)
+        self.config = config = config or TrainConfig()
+        self.device = resolve_device(device)
+        check_data(model, data)
         self.model, self.guide = model.to(self.device), guide.to(self.device)
-        self.data, self.config, self.progress = data.to(self.device), config, progress
+        self.data, self.progress = data.to(self.device), progress
         self.loss_fn = ESTIMATORS[config.estimator](config.num_particles, config.free_bits)(self.model, self.guide)
         self.analytic_kl = config.estimator == "analytic"
-        likelihood = getattr(model, "likelihood", None)
-        if getattr(likelihood, "needs_binary_data", False) and not data.is_binary:
-            raise ConfigError(f"a Bernoulli likelihood needs binary data, but {data.name!r} is not binary: "
-                              "set data.binarize = \"dynamic\" or \"static\", or use a Gaussian likelihood")
         n = len(self.data.train)
         self.batch_size = min(config.batch_size or n, n)
         self.steps_per_epoch = math.ceil(n / self.batch_size)
@@ -126,48 +93,23 @@ class Trainer:
                                       round(config.kl_warmup_epochs * self.steps_per_epoch), total, config.kl_cycles)
         self.epoch, self.step, self.history = 0, 0, []
         self.unscored: list[float] = []  # training objectives of the epochs since the last history row
-        self._start: list[torch.Tensor] = []  # the state at the start of the epoch, for a replay
-        self._module_tensors = [t.detach() for t in (*self.loss_fn.parameters(), *self.loss_fn.buffers())]
+        self.snapshot = EpochSnapshot([t.detach() for t in (*self.loss_fn.parameters(), *self.loss_fn.buffers())],
+                                      self.optimizer, self.scheduler, self.device)
 
     def train_epoch(self) -> float:
         """One pass over the shuffled training set; returns the mean training objective.
 
-        Losses stay on the device and are read back once, at the end of the epoch: no
-        host-device synchronisation per step. If one was not finite, the epoch is replayed from
-        a snapshot of its start, checking every step, so the error names the first bad step and
-        its sites as that step saw them.
+        Losses stay on the device and are read back once, at the end of the epoch. If one was not
+        finite, the epoch is replayed from its start checking every step (``ppl_vae.nonfinite``),
+        and the error names the first bad step and its sites.
         """
-        self._snapshot()
+        self.snapshot.take(self.step)
         objective = self._run_epoch(check=False).item() / len(self.data.train)
         if not math.isfinite(objective):
-            self._restore()
+            self.step = self.snapshot.restore()
             self._run_epoch(check=True)
-            raise NonFiniteLossError(f"the training objective of epoch {self.epoch + 1} was {objective}, but a "
-                                     "replay of the epoch stayed finite: the run is not deterministic here")
+            raise unexplained_error(objective, self.epoch + 1)
         return objective
-
-    def _live_tensors(self) -> list[torch.Tensor]:
-        """Parameters, buffers and optimiser state: what a training step changes in place."""
-        state = [v.detach() for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
-        return [*self._module_tensors, *state]
-
-    def _snapshot(self) -> None:
-        """Copy the training state into buffers kept from epoch to epoch (no allocation once warm)."""
-        live = self._live_tensors()
-        if [t.shape for t in self._start] != [t.shape for t in live]:
-            self._start = [t.clone() for t in live]
-        else:
-            torch._foreach_copy_(self._start, live)
-        self._start_meta = (self.step, self.scheduler.state_dict(), rng_state(self.device), len(self.optimizer.state))
-
-    def _restore(self) -> None:
-        self.step, scheduler, rng, optimizer_states = self._start_meta
-        if not optimizer_states:  # the snapshot preceded the first step: Adam had no state yet
-            self.optimizer.state.clear()
-        with torch.no_grad():
-            torch._foreach_copy_(self._live_tensors(), self._start)
-        self.scheduler.load_state_dict(scheduler)
-        set_rng_state(rng, self.device)
 
     def _run_epoch(self, check: bool) -> torch.Tensor:
         """Step through one shuffled epoch; the summed training objective, on the device."""
@@ -181,12 +123,7 @@ class Trainer:
             self.scale.fill_(1 / len(x))  # the objective per example
             loss = self.loss.loss_and_grads(x, self.kl_weight, self.scale)  # sets each parameter's .grad
             if check and not torch.isfinite(loss):
-                sites = nonfinite_sites(self.model, self.guide, x)
-                raise NonFiniteLossError(
-                    f"the training loss is {loss.item()} at step {self.step} (epoch {self.epoch + 1}); non-finite "
-                    f"log-density at {', '.join(sites) or 'no single site (check the gradients)'}. "
-                    "Lower train.lr, or check the data and the likelihood scale."
-                )
+                raise step_error(self.model, self.guide, x, loss, self.step, self.epoch + 1)
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
@@ -212,10 +149,9 @@ class Trainer:
             if self.epoch % self.config.eval_every == 0 or self.epoch == self.config.epochs:
                 row = {"epoch": self.epoch, "step": self.step, "kl_weight": self.kl_schedule(self.step - 1),
                        "lr": self.optimizer.param_groups[0]["lr"], "train_objective": sum(self.unscored) / len(self.unscored)}
-                rng = rng_state(self.device)  # scoring draws z; training's random stream must not see it
-                row |= {f"train_{k}": v for k, v in self.evaluate(self.data.train_eval[:TRAIN_EVAL_SIZE]).items()}
-                row |= {f"test_{k}": v for k, v in self.evaluate(self.data.test_eval).items()}
-                set_rng_state(rng, self.device)
+                with preserved_rng(self.device):  # scoring draws z; training's random stream must not see it
+                    row |= {f"train_{k}": v for k, v in self.evaluate(self.data.train_eval[:TRAIN_EVAL_SIZE]).items()}
+                    row |= {f"test_{k}": v for k, v in self.evaluate(self.data.test_eval).items()}
                 self.history.append(row)
                 self.unscored = []
                 bar.set_postfix(test_loss=f"{row['test_loss']:.2f}", recon=f"{row['test_recon']:.2f}",

@@ -13,7 +13,7 @@ from pyro.infer import Trace_ELBO
 from ppl_vae import DATASETS, GUIDES, MODELS, TrainConfig, Trainer
 from ppl_vae.capture import CaptureWarning, TrainingLoss
 from ppl_vae.data import Dataset
-from ppl_vae.objectives import TraceELBO
+from ppl_vae.objectives import ElboEstimator
 
 
 def flat(row: dict) -> dict:
@@ -120,7 +120,7 @@ class FlakyDecoderModel(TinyModel):
 
 def test_a_replay_whose_gradients_differ_runs_eagerly_with_a_warning(tiny_data):
     model = FlakyDecoderModel()
-    loss = TrainingLoss(TraceELBO()(model, GUIDES["gaussian"](model)))
+    loss = TrainingLoss(ElboEstimator()(model, GUIDES["gaussian"](model)))
     with pytest.warns(CaptureWarning, match=r"not its gradients: gradient of 'model\.decoder\.weight'"):
         loss.loss_and_grads(tiny_data().train[:8], torch.tensor(1.0))
     assert list(loss.graphs.values()) == [None]
@@ -136,7 +136,7 @@ class BranchingModel(TinyModel):
 def test_value_dependent_pair_runs_eagerly_with_a_warning(tiny_data):
     data = tiny_data()
     model = BranchingModel()
-    loss = TrainingLoss(TraceELBO()(model, GUIDES["gaussian"](model)))
+    loss = TrainingLoss(ElboEstimator()(model, GUIDES["gaussian"](model)))
     x = data.train[:8]
     with pytest.warns(CaptureWarning, match="could not be captured.*data-dependent"):
         loss.loss_and_grads(x, torch.tensor(1.0))
@@ -145,7 +145,7 @@ def test_value_dependent_pair_runs_eagerly_with_a_warning(tiny_data):
     eager = loss.loss_and_grads(x, torch.tensor(1.0))  # later calls: eager, no second warning (filterwarnings = error)
     grad = model.decoder.weight.grad
     pyro.set_rng_seed(1)
-    expected = TraceELBO()(model, loss.loss_fn.guide)(x)
+    expected = ElboEstimator()(model, loss.loss_fn.guide)(x)
     assert eager.item() == pytest.approx(expected.item(), rel=1e-6)
     assert torch.allclose(grad, torch.autograd.grad(expected, model.decoder.weight)[0])
 

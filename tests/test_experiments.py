@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from ppl_vae import ConfigError
-from ppl_vae.cli import main
-from ppl_vae.experiment import bundled, load, run
+from ppl_vae.cli import first_sentence, main
+from ppl_vae.cell import RunFolderError
+from ppl_vae.experiment import run
+from ppl_vae.experiment_file import bundled, find, load
 
 GOOD = """
 description = "a tiny valid experiment"
@@ -211,3 +213,60 @@ def test_cli_runs_an_experiment(tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["epochs"] == 1 and "-ELBO" in printed
     assert f"{summary['loss']:>9.3f} {summary['recon']:>8.3f} {summary['kl']:>7.3f}" in printed
+
+
+def test_a_damaged_checkpoint_stops_resume_with_a_named_error_and_changes_nothing(tmp_path, capsys):
+    """``--resume`` over a cell whose checkpoint is truncated: exit 2, one line naming the cell, the
+    file and the fix, no traceback, and every file of the run folder as it was."""
+    path, out = tmp_path / "grid.toml", tmp_path / "out"
+    path.write_text(GOOD + '\n[grid]\n"train.seed" = [0, 1]\n')
+    run(path, out, progress=False)
+    damaged = out / "seed=1" / "checkpoint.pt"
+    (out / "seed=1" / "summary.json").unlink()  # as if stopped before it finished
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(["run", str(path), "--out", str(out), "--resume"]) == 2
+    printed = capsys.readouterr()
+    assert printed.err.count("\n") == 1 and "Traceback" not in printed.err
+    assert "cell 'seed=1'" in printed.err and str(damaged) in printed.err and "--force" in printed.err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    with pytest.raises(RunFolderError, match="cannot be read"):
+        run(path, out, resume=True, progress=False)
+
+
+def test_a_report_whose_axis_is_missing_fails_at_load_time(tmp_path):
+    """The single-bit report reads the axes n and family; a file without ``family`` (renamed, say)
+    fails when it is loaded, naming the axis, before any cell trains or any folder is made."""
+    path = tmp_path / "renamed.toml"
+    text = find("single-bit").read_text()
+    path.write_text(text.replace("grid.family.", "grid.model-family."))
+    with pytest.raises(ConfigError, match="report 'single-bit' reads grid axis 'family', which \\[grid\\] lacks"):
+        run(path, tmp_path / "out", quick_run=True, progress=False)
+    assert not (tmp_path / "out").exists()
+    path.write_text(text.replace("grid.family.dlgm", "grid.family.two-layer"))
+    with pytest.raises(ConfigError, match="compares variant\\(s\\) dlgm of grid axis 'family'"):
+        load(path)
+
+
+def test_list_shows_each_experiments_first_sentence(capsys):
+    assert main(["list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    for name, path in bundled().items():
+        assert f"  {name:<18} {first_sentence(load(path)[1]['description'])}" in listed
+    assert any(line.split()[:1] == ["single-bit"] for line in listed[listed.index("reports:"):])
+
+
+def test_a_first_sentence_is_whole_however_it_is_wrapped():
+    text = """A VAE (Kingma et al. 2014, Eq. 7) on
+              digits, e.g. MNIST, in 2-D.  The rest is detail."""
+    assert first_sentence(text) == "A VAE (Kingma et al. 2014, Eq. 7) on digits, e.g. MNIST, in 2-D."
+    assert first_sentence("No full stop") == "No full stop" and first_sentence(None) == ""
+
+
+def test_the_device_defaults_to_auto_and_is_recorded(tmp_path):
+    path = tmp_path / "e.toml"
+    path.write_text(GOOD)
+    (summary,) = run(path, tmp_path / "out", ["train.epochs=1"], progress=False)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert summary["device"].startswith(expected)
+    assert json.loads((tmp_path / "out" / "experiment.json").read_text())["device"].startswith(expected)

@@ -12,7 +12,7 @@ from ppl_vae import GUIDES, MODELS
 from ppl_vae import plots
 from ppl_vae.collapse import posterior_draws
 from ppl_vae.diagnostics import reconstruct, sample_prior
-from ppl_vae.experiment import image_figures
+from ppl_vae.cell import image_figures
 
 
 def grid_cells(path, count: int, size: tuple[int, int], nrow: int = 8, padding: int = 2) -> torch.Tensor:

@@ -1,0 +1,160 @@
+"""One grid cell: build its data and pair, train it into its folder, diagnose it, restore it.
+
+A cell's folder holds ``config.json``, ``metrics.jsonl`` (a history row per scored epoch),
+``checkpoint.pt``, ``summary.json`` (the last row's losses and ``collapse.diagnose`` on held-out
+data) and ``figures/*.png``. Cells share nothing: any cell rerun alone from its ``config.json``
+gives its numbers again.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pyro
+import torch
+
+from ppl_vae import collapse, diagnostics, plots
+from ppl_vae.experiment_file import SECTIONS, Cell, diagnostics_config, import_plugins
+from ppl_vae.io import load_tensors, write_json, write_text
+from ppl_vae.registry import DATASETS, GUIDES, MODELS, ConfigError
+from ppl_vae.training import TrainConfig, Trainer
+
+#: held-out examples and draws per example in a cell's aggregate-posterior figure
+FIGURE_ROWS, FIGURE_SAMPLES = 500, 20
+
+
+class RunFolderError(ConfigError):
+    """A file of a run folder cannot be read (damaged, truncated, or not this toolkit's); the
+    message names the cell, the file and what to do."""
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """Everything a runner needs to run one cell, in any process.
+
+    :param threads: torch's CPU threads for the cell (None: leave the process's setting).
+    """
+
+    experiment: str
+    cell: Cell
+    folder: Path
+    device: str = "cpu"
+    progress: bool = True
+    resume: bool = False
+    threads: int | None = None
+
+
+def load_data(config: dict):
+    options = dict(config["data"])
+    return DATASETS[options.pop("name")](**options)
+
+
+def build(config: dict, data=None):
+    """Data, model, guide and TrainConfig of a validated cell config; the pair is seeded by ``train.seed``."""
+    import_plugins(config)
+    train = TrainConfig(**config.get("train", {}))
+    options = {s: dict(config[s]) for s in ("model", "guide")}
+    data = data or load_data(config)
+    pyro.set_rng_seed(train.seed)
+    model = MODELS[options["model"].pop("name")](data.data_shape, **options["model"])
+    guide = GUIDES[options["guide"].pop("name")](model, **options["guide"])
+    return data, model, guide, train
+
+
+def preflight(configs: list[dict]) -> None:
+    """Build every cell's data, pair and trainer on the CPU, so a bad value fails before any work."""
+    loaded: dict[str, Any] = {}
+    for config in configs:
+        key = json.dumps(config["data"], sort_keys=True)
+        try:
+            loaded[key] = loaded.get(key) or load_data(config)
+            data, model, guide, train = build(config, loaded[key])
+            Trainer(model, guide, data, train)
+        except ConfigError:
+            raise
+        except ValueError as error:  # a value a constructor refused
+            raise ConfigError(f"{error} (in {json.dumps({k: config[k] for k in SECTIONS if k in config})})") from error
+
+
+def read(path: Path, reader: Callable[[Path], Any], cell: str) -> Any:
+    """``reader(path)``, with a file that cannot be read turned into a ``RunFolderError``."""
+    try:
+        return reader(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        where = f"cell {cell!r}" if cell else "the run"
+        raise RunFolderError(
+            f"{where}: {path} cannot be read ({type(error).__name__}: {str(error).strip().splitlines()[0]}); "
+            f"nothing was changed. Start afresh with --force, or delete {path.parent} and --resume "
+            "to rerun that cell alone") from error
+
+
+def check_resumable(task: CellTask) -> None:
+    """Read what ``--resume`` will read of the cell's folder (its summary, else its checkpoint), so a
+    damaged file stops the run before anything is written."""
+    summary, checkpoint = task.folder / "summary.json", task.folder / "checkpoint.pt"
+    if summary.exists():
+        read(summary, lambda p: json.loads(p.read_text()), task.cell.name)
+    elif checkpoint.exists():
+        read(checkpoint, load_tensors, task.cell.name)
+
+
+def run_cell(task: CellTask) -> dict:
+    """Train one cell into ``task.folder`` and write its metrics, checkpoint, figures and summary."""
+    if task.threads:
+        torch.set_num_threads(task.threads)
+    folder, config = task.folder, task.cell.config
+    summary_path, checkpoint = folder / "summary.json", folder / "checkpoint.pt"
+    if task.resume and summary_path.exists():
+        return json.loads(summary_path.read_text())
+    start = time.time()
+    data, model, guide, train = build(config)
+    trainer = Trainer(model, guide, data, train, device=task.device, progress=task.progress)
+    if task.resume and checkpoint.exists():
+        trainer.load(checkpoint)
+    write_json(folder / "config.json", config)
+    history = trainer.fit(checkpoint, on_epoch=lambda _: write_text(
+        folder / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in trainer.history)))
+    last = history[-1]
+    figures = folder / "figures"
+    plots.loss_curves(history, figures / "loss.png")
+    if len(data.data_shape) == 3:
+        image_figures(model, guide, trainer.data.test_eval[:8], figures)  # on the training device
+    # closed-form KLs where the guide declares itself mean-field (the bundled ones do), else Monte Carlo
+    analytic = trainer.analytic_kl or getattr(guide, "mean_field", None) is True
+    found = collapse.diagnose(model, guide, trainer.data.test_eval, diagnostics_config(config), analytic)
+    panels = collapse.aggregate_posterior_panels(model, guide, trainer.data, FIGURE_ROWS, FIGURE_SAMPLES)
+    if panels:  # only 1-D and 2-D latent sites can be drawn
+        plots.aggregate_posterior(panels, figures / "aggregate_posterior.png")
+    summary = {
+        "experiment": task.experiment, "cell": task.cell.name, "data": data.name, "model": config["model"]["name"],
+        "guide": config["guide"]["name"], "estimator": train.estimator, "seed": train.seed, "epochs": trainer.epoch,
+        "train_loss": last["train_loss"], "test_loss": last["test_loss"],
+        **{k: v for k, v in found.items() if k not in ("rows",)},
+        "diagnostics_rows": found["rows"], "seconds": round(time.time() - start, 2), "device": str(trainer.device),
+    }
+    write_json(summary_path, summary)
+    return summary
+
+
+def image_figures(model, guide, x: torch.Tensor, figures: Path) -> None:
+    """``reconstructions.png``: the images ``x`` over their reconstructions (the mean of p(x | z) at
+    z ~ q(z | x)); ``samples.png``: the means of p(x | z) for 64 draws z ~ p(z)."""
+    plots.image_grid(torch.cat([x, diagnostics.reconstruct(model, guide, x)]), figures / "reconstructions.png")
+    plots.image_grid(diagnostics.sample_prior(model, 64, x.device), figures / "samples.png")
+
+
+def restore(folder: str | Path, device: str = "cpu"):
+    """The trained data, model and guide of a finished cell folder (its config.json and checkpoint.pt)."""
+    folder = Path(folder)
+    config = read(folder / "config.json", lambda p: json.loads(p.read_text()), folder.name)
+    data, model, guide, train = build(config)
+    trainer = Trainer(model, guide, data, train, device=device)
+    trainer.load_state_dict(read(folder / "checkpoint.pt", lambda p: load_tensors(p, trainer.device), folder.name))
+    return trainer.data, trainer.model, trainer.guide
