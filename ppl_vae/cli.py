@@ -19,7 +19,7 @@ def first_sentence(text: str | None) -> str:
 
 
 def list_all() -> str:
-    from ppl_vae import DATASETS, ESTIMATORS, GUIDES, MODELS, studies
+    from ppl_vae import DATASETS, ESTIMATORS, GUIDES, MODELS, study
     from ppl_vae.experiment_file import bundled, load
 
     lines = ["experiments:"]
@@ -29,8 +29,8 @@ def list_all() -> str:
         lines.append(f"{title}:")
         lines += [f"  {name:<18} {first_sentence(factory.__doc__)}" for name, factory in sorted(registry.items())]
     lines.append("reports:")
-    lines += [f"  {name:<18} {first_sentence(inspect.getmodule(studies.find(name).report).__doc__)}"
-              for name in studies.bundled()]
+    lines += [f"  {name:<18} {first_sentence(inspect.getmodule(study.find(name).report).__doc__)}"
+              for name in study.bundled()]
     return "\n".join(lines)
 
 

@@ -2,7 +2,7 @@
 
 The pieces: ``experiment_file`` (the grammar: load, ``--set``, quick mode, grid, validation),
 ``cell`` (one cell: build, train, diagnose, restore), ``runner`` (how the cells are scheduled)
-and ``studies`` (one module per study report). Run folder: ``experiment.json`` (the config as
+and ``study``/``studies`` (a study report, one module each). Run folder: ``experiment.json`` (the config as
 run, the command line, the device), ``results.csv`` over cells (one column per grid axis, then
 the summary's numbers), a folder per cell (``cell``; the run folder itself without a grid), and,
 with a ``report``, ``report.md`` and its figures.
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from ppl_vae import studies
+from ppl_vae import study
 from ppl_vae.cell import CellTask, RunFolderError, check_resumable, preflight, read
 from ppl_vae.experiment_file import Cell, apply_overrides, bundled, cells, load, quick, validate
 from ppl_vae.io import write_json, write_text
@@ -53,7 +53,7 @@ def report(out: str | Path) -> str:
     except FileNotFoundError as error:
         raise ConfigError(f"{out} is not a run folder (no experiment.json): give the --out of a finished run") from error
     if "report" not in config:
-        raise ConfigError(f"the experiment of {out} has no report; bundled reports: {', '.join(studies.bundled())}")
+        raise ConfigError(f"the experiment of {out} has no report; bundled reports: {', '.join(study.bundled())}")
     grid = cells(config)
     missing = [str(c.folder(out)) for c in grid if not (c.folder(out) / "summary.json").is_file()]
     if missing:
@@ -61,7 +61,7 @@ def report(out: str | Path) -> str:
                           "continue the run with --resume first")
     rows = [{**c.values, **read(c.folder(out) / "summary.json", lambda p: json.loads(p.read_text()), c.name)}
             for c in grid]
-    text = studies.find(config["report"]).report(out, rows, [c.config for c in grid])
+    text = study.find(config["report"]).report(out, rows, [c.config for c in grid])
     write_text(out / "report.md", text)
     return text
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ppl_vae import studies
+from ppl_vae import study
 from ppl_vae.config import DiagnosticsConfig, TrainConfig
 from ppl_vae.registry import DATASETS, GUIDES, MODELS, ConfigError, check_kwargs
 
@@ -91,10 +91,10 @@ def load(experiment: str | Path) -> tuple[str, dict]:
 
 def check_report(config: dict) -> None:
     """The grid axes and variants that the experiment's ``report`` reads exist in its ``[grid]``
-    (``studies.Study.check``), so a renamed axis fails now, not after the grid has trained."""
+    (``study.Study.check``), so a renamed axis fails now, not after the grid has trained."""
     if "report" in config:
         columns = {column: dict(options) for column, options in grid_axes(config.get("grid", {}))}
-        studies.find(config["report"]).check(columns, config["report"])
+        study.find(config["report"]).check(columns, config["report"])
 
 
 def parse_value(text: str) -> Any:

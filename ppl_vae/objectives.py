@@ -12,6 +12,11 @@ The loss never leaves the device: Pyro's ``Trace_ELBO.differentiable_loss`` read
 log-density back to the host and hooks a NaN check on the gradient, a host-device
 synchronisation per step on a GPU. Here tracing, particles and validation are Pyro's, and only
 the final sum is our own.
+
+Two classes serve the three names: ``ElboEstimator`` (``mc`` and ``analytic``; built on Pyro's
+``Trace_ELBO``, whose tracing it reuses through the private ``_get_traces`` and
+``_compute_log_r``: ``pyro-ppl`` is bounded to the versions tested, and
+``tests/test_architecture.py`` checks their signatures) and ``ImportanceWeightedEstimator`` (``iw``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from ppl_vae.experiment import run
-from ppl_vae.studies import best_per_cell
+from ppl_vae.study import best_per_cell
 
 QUICK = ["grid.data.n=[1, 5]", "grid.train.seed=[0]", "train.epochs=400", "train.eval_every=200",
          "diagnostics.rows=100", "diagnostics.iw_samples=200", "diagnostics.mean_samples=200"]

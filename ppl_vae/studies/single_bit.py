@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from ppl_vae import cell, collapse, plots
-from ppl_vae.studies import Study, best_per_cell, check_line
+from ppl_vae.study import Study, best_per_cell, check_line
 
 LN2 = math.log(2)
 #: what the post reports for one bit (n = 1): the VAE ignores z

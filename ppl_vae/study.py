@@ -1,0 +1,89 @@
+"""What a study report is and how one is found by name; the bundled ones are ``ppl_vae/studies/``.
+
+An experiment file's ``report = "NAME"`` names the module ``ppl_vae.studies.NAME`` (hyphens as
+underscores: ``single-bit`` is ``single_bit.py``); a dotted name (``my_pkg.my_study``) names a
+module of your own, imported from the working directory. Either way the module defines
+``STUDY``, a ``Study``: the report function and the grid axes and variants it reads, which
+``check`` holds against the experiment's ``[grid]`` when the file is loaded, before any cell
+trains.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ppl_vae.registry import ConfigError
+
+#: report(run folder, one row per cell: its grid values and summary.json, the cells' configs) -> Markdown
+Report = Callable[[Path, list[dict], list[dict]], str]
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study's report and what it reads of the grid.
+
+    :param report: writes the study's figures into the run folder and returns its Markdown.
+    :param axes: grid columns the report reads (as in ``results.csv``: ``data.n`` is ``n``).
+    :param variants: per named-variant axis, the variants whose rows its checks compare.
+    """
+
+    report: Report
+    axes: tuple[str, ...] = ()
+    variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def check(self, grid: dict[str, dict[Any, Any]], name: str) -> None:
+        """Raise ``ConfigError`` unless ``grid`` (``{column: {value or variant name: ...}}``) has
+        every axis and variant this report reads."""
+        for axis in (*self.axes, *self.variants):
+            if axis not in grid:
+                raise ConfigError(f"report {name!r} reads grid axis {axis!r}, which [grid] lacks "
+                                  f"(its axes: {', '.join(grid) or 'none'}): add the axis, or drop the report")
+        for axis, names in self.variants.items():
+            absent = [v for v in names if v not in grid[axis]]
+            if absent:
+                raise ConfigError(f"report {name!r} compares variant(s) {', '.join(absent)} of grid axis {axis!r}, "
+                                  f"which [grid.{axis}] lacks (it has {', '.join(map(str, grid[axis]))}): "
+                                  "add them, or drop the report")
+
+
+STUDIES_DIR = Path(__file__).resolve().parent / "studies"
+
+
+def bundled() -> list[str]:
+    """The names of the studies shipped in ``ppl_vae/studies/``."""
+    return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules([str(STUDIES_DIR)]))
+
+
+def find(name: str) -> Study:
+    """The ``STUDY`` of the module that ``name`` names (see the module docstring)."""
+    module_name = name if "." in name else f"ppl_vae.studies.{name.replace('-', '_')}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is None or not (module_name + ".").startswith(error.name + "."):
+            raise  # the module exists but something it imports does not
+        raise ConfigError(f"unknown report {name!r}; bundled: {', '.join(bundled())} (or a dotted name: "
+                          "a module of yours that defines STUDY)") from error
+    study = getattr(module, "STUDY", None)
+    if not isinstance(study, Study):
+        raise ConfigError(f"report {name!r}: module {module_name} defines no STUDY (a ppl_vae.studies.Study)")
+    return study
+
+
+def best_per_cell(rows: list[dict], keys: tuple[str, ...], score: str = "loss") -> dict[tuple, dict]:
+    """The row with the lowest ``score`` for each combination of ``keys`` (the best restart)."""
+    best: dict[tuple, dict] = {}
+    for row in rows:
+        key = tuple(row[k] for k in keys)
+        if key not in best or row[score] < best[key][score]:
+            best[key] = row
+    return best
+
+
+def check_line(ok: bool, text: str) -> str:
+    """A claim as a Markdown checklist line: ``- [x] PASS: ...`` or ``- [ ] FAIL: ...``."""
+    return f"- [{'x' if ok else ' '}] {'PASS' if ok else 'FAIL'}: {text}"
