@@ -27,7 +27,9 @@ from ppl_vae.registry import GUIDES, IncompatiblePairError
 class AmortisedGuide(nn.Module):
     """Shared trunk: an encoder of x whose widths and kind default to the model's.
 
-    A subclass adds its output heads in ``build(width)`` and samples in ``forward``.
+    A subclass adds its output heads in ``build(width)``. By default each latent site is drawn
+    given x alone, from ``site_distribution(site, h)`` on the encoder's features ``h``; a guide
+    whose sites depend on each other overrides ``forward``.
 
     :param model: the model served; its ``latent_dims`` and ``data_shape`` are read, and its
         ``network_config`` (a ``NetworkConfig``; a model without one gets ``NetworkConfig()``).
@@ -50,6 +52,15 @@ class AmortisedGuide(nn.Module):
 
     def build(self, width: int) -> None:
         raise NotImplementedError
+
+    def site_distribution(self, site: str, h: torch.Tensor) -> dist.Distribution:
+        raise NotImplementedError
+
+    def forward(self, x):
+        h = self.encoder(x)
+        with pyro.plate("data", x.shape[0]):
+            for site in self.latent_dims:
+                pyro.sample(site, self.site_distribution(site, h))
 
     def _check_support(self, model: nn.Module) -> None:
         """Refuse a model whose latent sites take values this guide cannot draw (binary against real).
@@ -77,11 +88,8 @@ class MeanFieldGuide(AmortisedGuide):
     def build(self, width):
         self.heads = nn.ModuleDict({s: self.head(width, d) for s, d in self.latent_dims.items()})
 
-    def forward(self, x):
-        h = self.encoder(x)
-        with pyro.plate("data", x.shape[0]):
-            for site, head in self.heads.items():
-                pyro.sample(site, self.distribution(head(h)))
+    def site_distribution(self, site, h):
+        return self.distribution(self.heads[site](h))
 
 
 class GaussianGuide(MeanFieldGuide):
@@ -171,16 +179,13 @@ class IAFGuide(AmortisedGuide):
         self.flows = nn.ModuleDict({s: nn.ModuleList([step(d) for _ in range(self.num_flows)])
                                     for s, d in self.latent_dims.items()})
 
-    def forward(self, x):
-        h = self.encoder(x)
-        with pyro.plate("data", x.shape[0]):
-            for site, head in self.heads.items():
-                loc, scale = head(h)
-                steps = [flow.condition(h) for flow in self.flows[site]]
-                base = dist.Normal(torch.zeros_like(loc), torch.ones_like(scale)).to_event(1)
-                # cache_size=1: log q of a fresh draw inverts each step from its cache, not numerically
-                affine = T.AffineTransform(loc, scale, event_dim=1, cache_size=1)
-                pyro.sample(site, dist.TransformedDistribution(base, [*steps, affine]))
+    def site_distribution(self, site, h):
+        loc, scale = self.heads[site](h)
+        steps = [flow.condition(h) for flow in self.flows[site]]
+        base = dist.Normal(torch.zeros_like(loc), torch.ones_like(scale)).to_event(1)
+        # cache_size=1: log q of a fresh draw inverts each step from its cache, not numerically
+        affine = T.AffineTransform(loc, scale, event_dim=1, cache_size=1)
+        return dist.TransformedDistribution(base, [*steps, affine])
 
 
 def _base(support: constraints.Constraint) -> constraints.Constraint:
