@@ -22,7 +22,8 @@ from ppl_vae import collapse, diagnostics, plots
 from ppl_vae.experiment_file import SECTIONS, Cell, diagnostics_config, import_plugins
 from ppl_vae.io import load_tensors, write_json, write_text
 from ppl_vae.registry import DATASETS, GUIDES, MODELS, ConfigError
-from ppl_vae.training import TrainConfig, Trainer
+from ppl_vae.config import TrainConfig
+from ppl_vae.training import Trainer
 
 #: held-out examples and draws per example in a cell's aggregate-posterior figure
 FIGURE_ROWS, FIGURE_SAMPLES = 500, 20
