@@ -189,8 +189,9 @@ class IAFGuide(AmortisedGuide):
 
 
 def _base(support: constraints.Constraint) -> constraints.Constraint:
-    """The constraint on one coordinate: ``independent(real, 1)`` -> ``real``."""
-    while isinstance(support, constraints.independent):
+    """The constraint on one coordinate: ``independent(real, 1)`` -> ``real``; a mixture's support
+    (``MixtureSameFamilyConstraint``) -> its components'."""
+    while hasattr(support, "base_constraint"):
         support = support.base_constraint
     return support
 
