@@ -205,6 +205,19 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
         run(path, tmp_path / "out", device="cuda", progress=False)
 
 
+def test_run_report_and_bench_share_one_user_error(tmp_path, capsys):
+    """The same kind of mistake ends each command the same way: one line on stderr, exit code 2."""
+    commands = [["report", str(tmp_path)], ["bench", "--device", "tpu", "--out", str(tmp_path / "b.json")],
+                ["run", str(tmp_path / "none.toml")]]
+    if not torch.cuda.is_available():
+        commands.append(["bench", "--quick", "--device", "cuda", "--out", str(tmp_path / "b.json")])
+    for argv in commands:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("ppl-vae: error: ") and err.count("\n") == 1, (argv, err)
+    assert not (tmp_path / "b.json").exists()
+
+
 def test_cli_runs_an_experiment(tmp_path, capsys):
     path = tmp_path / "e.toml"
     path.write_text(GOOD)
