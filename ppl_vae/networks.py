@@ -38,29 +38,44 @@ def mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _conv_grid(data_shape: tuple[int, ...]) -> tuple[int, int]:
+#: channels of the stride-2 convolutions (4x4 kernels): two for small images (28 x 28 digits), four
+#: for sides divisible by 16 (64 x 64 shapes), the encoder of Higgins et al. (2017) and Locatello
+#: et al. (2019, Table 1); the decoder mirrors them with transposed convolutions
+CONV_CHANNELS = {2: (32, 64), 4: (32, 32, 64, 64)}
+
+
+def _conv_layout(data_shape: tuple[int, ...]) -> tuple[tuple[int, ...], int, int]:
+    """The conv channels for images of ``data_shape`` and the feature grid (h, w) they leave."""
     if len(data_shape) != 3 or data_shape[1] % 4 or data_shape[2] % 4:
         raise ValueError(
             f"network='conv' needs images of shape (C, H, W) with H and W divisible by 4, "
             f"got data shape {data_shape}; use network='mlp' for this data"
         )
-    return data_shape[1] // 4, data_shape[2] // 4
+    layers = 4 if data_shape[1] % 16 == 0 and data_shape[2] % 16 == 0 else 2
+    return CONV_CHANNELS[layers], data_shape[1] >> layers, data_shape[2] >> layers
+
+
+def _stride2(convolution: type, channels: list[int], last_activation: bool) -> list[nn.Module]:
+    """4x4 stride-2 (transposed) convolutions between successive ``channels``, ReLU between them."""
+    layers: list[nn.Module] = []
+    for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:])):
+        layers.append(convolution(c_in, c_out, 4, stride=2, padding=1))
+        if i < len(channels) - 2 or last_activation:
+            layers.append(nn.ReLU())
+    return layers
 
 
 class Encoder(nn.Module):
-    """x ``[..., *data_shape]`` -> features ``[..., hidden[-1]]`` (MLP, or two stride-2 convs first)."""
+    """x ``[..., *data_shape]`` -> features ``[..., hidden[-1]]`` (MLP, or stride-2 convs first:
+    ``CONV_CHANNELS``)."""
 
     def __init__(self, data_shape: tuple[int, ...], hidden: list[int], network: Network = "mlp"):
         super().__init__()
         self.data_shape = tuple(data_shape)
         if network == "conv":
-            h, w = _conv_grid(self.data_shape)
-            self.conv = nn.Sequential(
-                nn.Conv2d(self.data_shape[0], 32, 4, stride=2, padding=1), nn.ReLU(),
-                nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.ReLU(),
-                nn.Flatten(),
-            )
-            n_in = 64 * h * w
+            channels, h, w = _conv_layout(self.data_shape)
+            self.conv = nn.Sequential(*_stride2(nn.Conv2d, [self.data_shape[0], *channels], True), nn.Flatten())
+            n_in = channels[-1] * h * w
         else:
             self.conv = nn.Flatten()
             n_in = math.prod(self.data_shape)
@@ -74,19 +89,17 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z ``[..., latent_dim]`` -> likelihood parameters ``[..., *data_shape]`` (MLP, or two stride-2 deconvs last)."""
+    """z ``[..., latent_dim]`` -> likelihood parameters ``[..., *data_shape]`` (MLP, or the encoder's
+    convs mirrored as transposed convs last)."""
 
     def __init__(self, latent_dim: int, hidden: list[int], data_shape: tuple[int, ...], network: Network = "mlp"):
         super().__init__()
         self.data_shape = tuple(data_shape)
         if network == "conv":
-            h, w = _conv_grid(self.data_shape)
-            self.grid = (64, h, w)
-            self.mlp = mlp([latent_dim, *hidden, 64 * h * w], final_activation=True)
-            self.deconv = nn.Sequential(
-                nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.ReLU(),
-                nn.ConvTranspose2d(32, self.data_shape[0], 4, stride=2, padding=1),
-            )
+            channels, h, w = _conv_layout(self.data_shape)
+            self.grid = (channels[-1], h, w)
+            self.mlp = mlp([latent_dim, *hidden, math.prod(self.grid)], final_activation=True)
+            self.deconv = nn.Sequential(*_stride2(nn.ConvTranspose2d, [*reversed(channels), self.data_shape[0]], False))
         else:
             self.grid = None
             self.mlp = mlp([latent_dim, *hidden, math.prod(self.data_shape)])
