@@ -14,6 +14,7 @@ pyro.settings.set(module_local_params=True)
 
 from ppl_vae import guides, models  # noqa: E402  (registers the bundled models and guides)
 from ppl_vae import objectives  # noqa: E402,F401  (registers the estimators)
+from ppl_vae import dsprites  # noqa: E402,F401  (registers the dsprites dataset)
 from ppl_vae.data import DATASETS, Dataset  # noqa: E402
 from ppl_vae.diagnostics import elbo_terms, evaluate, importance_log_likelihood  # noqa: E402
 from ppl_vae.handlers import KLSchedule, KLWeight  # noqa: E402
