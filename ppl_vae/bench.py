@@ -66,7 +66,7 @@ class HandWrittenVAE(nn.Module):
         loc, scale = self.head(self.encoder(x))
         eps = torch.randn_like(loc)
         z = loc + scale * eps
-        log_px = -F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum(-1)
+        log_px = -F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").flatten(1).sum(-1)
         log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
         log_qz = -(0.5 * eps.pow(2) + scale.log() + 0.5 * LOG_2PI).sum(-1)
         return (log_qz - log_pz - log_px).sum()
@@ -105,16 +105,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_train(batch_size: int, rows: int, rounds: int, device: torch.device, hidden=HIDDEN,
-                latent=LATENT, log=print) -> dict:
-    """Median time per step of the hand-written and the toolkit's training epoch at ``batch_size``."""
+#: the 64 x 64 conv pair of Higgins et al. (2017) / Locatello et al. (2019) on dSprites-like shapes
+CONV = {"hidden": [256], "latent": 10, "network": "conv", "data": "dsprites"}
+
+
+def _bench_data(kind: str, rows: int, batch_size: int) -> Dataset:
+    """``rows`` training examples (whole batches) of the MLP's flattened digits or the conv pair's 64 x 64 shapes."""
+    if kind == "dsprites":
+        shapes = DATASETS["dsprites"](image_size=64, train_size=max(1, rows // batch_size) * batch_size, test_size=256)
+        return Dataset("dsprites-like", shapes.train, shapes.test, binarize="none")
     digits = DATASETS["digits"](binarize="static")
     pixels = digits.train.flatten(1)
     train = pixels.repeat(math.ceil(rows / len(pixels)), 1)[: max(1, rows // batch_size) * batch_size]
-    data = Dataset("digits-tiled", train, digits.test.flatten(1)[:256], binarize="static")
+    return Dataset("digits-tiled", train, digits.test.flatten(1)[:256], binarize="static")
+
+
+def bench_train(batch_size: int, rows: int, rounds: int, device: torch.device, hidden=HIDDEN,
+                latent=LATENT, log=print, network: str = "mlp", data: str = "digits") -> dict:
+    """Median time per step of the hand-written and the toolkit's training epoch at ``batch_size``."""
+    data = _bench_data(data, rows, batch_size)
+    train = data.train
 
     pyro.set_rng_seed(0)
-    model = MODELS["vae"]((train.shape[1],), latent_dim=latent, hidden=hidden)
+    model = MODELS["vae"](data.data_shape, latent_dim=latent, hidden=hidden, network=network)
     guide = GUIDES["gaussian"](model)
     hand = HandWrittenVAE.copy_of(model, guide).to(device)
     trainer = Trainer(model, guide, data, TrainConfig(batch_size=batch_size, lr=1e-3), device=device)
@@ -148,7 +161,7 @@ def bench_train(batch_size: int, rows: int, rounds: int, device: torch.device, h
             log(f"  batch {batch_size} round {round_}/{rounds}: "
                 + ", ".join(f"{n} {t[-1]:.2f} ms/step" for n, t in times.items()))
     medians = {name: statistics.median(t) for name, t in times.items()}
-    return {"batch_size": batch_size, "steps_per_round": steps, "rounds": rounds,
+    return {"network": network, "data": data.name, "batch_size": batch_size, "steps_per_round": steps, "rounds": rounds,
             "ms_per_step": medians, "steps_per_s": {name: 1000 / t for name, t in medians.items()},
             "ms_per_step_rounds": times,
             "step_ratio": statistics.median(a / b for a, b in zip(times["toolkit"], times["pytorch"])),
@@ -209,6 +222,24 @@ def bench_iw(num_samples: list[int], chunk_sizes: list[int], datapoints: int, de
     return rows
 
 
+def bench_generator(image_size: int, rounds: int, log=print) -> dict:
+    """Wall time of rendering the whole dSprites-like set (737,280 images) packed as bits, sprites
+    included (each round a fresh process-level cache)."""
+    from ppl_vae import dsprites
+
+    times = []
+    for _ in range(rounds):
+        dsprites._sprites.cache_clear()
+        dsprites._placed_sprites.cache_clear()
+        start = time.perf_counter()
+        packed = dsprites.ShapesWorld(image_size).render_all_packed()
+        times.append(time.perf_counter() - start)
+    log(f"  dSprites-like set at {image_size} x {image_size}: {statistics.median(times):.2f} s "
+        f"({packed.nbytes / 2**20:.0f} MiB packed)")
+    return {"image_size": image_size, "images": len(packed), "seconds": times, "median_s": statistics.median(times),
+            "packed_mib": packed.nbytes / 2**20}
+
+
 def run(out: str | Path = "runs/bench.json", device: str = "auto", rounds: int = 41, rows: int = 8192,
         quick: bool = False, log=print) -> dict:
     """Run every benchmark, print a table and write the results (JSON) to ``out``."""
@@ -217,11 +248,18 @@ def run(out: str | Path = "runs/bench.json", device: str = "auto", rounds: int =
     rounds = 1 if quick else rounds
     log(f"training steps, {'quick' if quick else '784-512-512-32 VAE'} on {device}:")
     train = [bench_train(b, rounds=rounds, device=device, log=log, **sizes) for b in (128, 1024)]
+    log(f"training steps, {'quick' if quick else '64 x 64 conv VAE (Higgins et al. 2017)'} on {device}:")
+    conv = dict(rows=128, hidden=[16], latent=2) if quick else dict(rows=2048, hidden=CONV["hidden"],
+                                                                        latent=CONV["latent"])
+    train.append(bench_train(64, rounds=rounds, device=device, log=log, network="conv", data="dsprites", **conv))
+    log("dSprites-like generator:")
+    generator = [bench_generator(size, 1 if quick else 5, log) for size in (64, 32)]
     log("importance-weighted log-likelihood:")
     iw = bench_iw([200] if quick else [1000, 5000], [50, 100] if quick else [100, 1000], 4 if quick else 20, device,
                   log)
-    result = {"machine": _machine(device), "quick": quick, "train": train, "iw": iw}
-    result |= {f"step_ratio_b{r['batch_size']}": r["step_ratio"] for r in train}
+    result = {"machine": _machine(device), "quick": quick, "train": train, "iw": iw, "generator": generator}
+    result |= {f"step_ratio{'' if r['network'] == 'mlp' else '_' + r['network']}_b{r['batch_size']}": r["step_ratio"]
+               for r in train}
     write_json(out, result)
     log(table(result))
     log(f"written to {out}")
@@ -232,15 +270,18 @@ def table(result: dict) -> str:
     """The results as Markdown tables."""
     m = result["machine"]
     lines = [f"{m['date']}, {m['cpu']} ({m['threads']} threads), {m['device']}, torch {m['torch']}, pyro {m['pyro']}",
-             "", "| batch | hand-written PyTorch ms/step | toolkit ms/step | step ratio | ratio of medians | equal losses "
-             "| eager toolkit ms/step | eager step ratio |", "|---:|---:|---:|---:|---:|:---:|---:|---:|"]
+             "", "| network | batch | hand-written PyTorch ms/step | toolkit ms/step | step ratio | ratio of medians "
+             "| equal losses | eager toolkit ms/step | eager step ratio |", "|---|---:|---:|---:|---:|---:|:---:|---:|---:|"]
     for r in result["train"]:
         t = r["ms_per_step"]
-        lines.append(f"| {r['batch_size']} | {t['pytorch']:.2f} | {t['toolkit']:.2f} | {r['step_ratio']:.3f} | "
+        lines.append(f"| {r['network']} ({r['data']}) | {r['batch_size']} | {t['pytorch']:.2f} | {t['toolkit']:.2f} | {r['step_ratio']:.3f} | "
                      f"{r['ratio_of_medians']:.3f} | "
                      f"{'yes' if r['loss_check']['equal'] else 'NO'} | {t['toolkit-eager']:.2f} | {r['eager_step_ratio']:.3f} |")
     if result["iw"]:
         lines += ["", "| K | chunk | datapoints | datapoint-samples/s | peak MiB |", "|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['num_samples']} | {r['chunk_size']} | {r['datapoints']} | {r['samples_per_s']:,.0f} | "
                   f"{r['peak_mib']:.0f} |" for r in result["iw"]]
+    lines += ["", "| dSprites-like set | images | median s | packed MiB |", "|---|---:|---:|---:|"]
+    lines += [f"| {g['image_size']} x {g['image_size']} | {g['images']:,} | {g['median_s']:.2f} | {g['packed_mib']:.0f} |"
+              for g in result.get("generator", [])]
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pyro
 import torch
 
-from ppl_vae import collapse, diagnostics, plots
+from ppl_vae import collapse, diagnostics, plots, study
 from ppl_vae.experiment_file import SECTIONS, Cell, diagnostics_config, import_plugins
 from ppl_vae.io import load_tensors, write_json, write_text
 from ppl_vae.registry import DATASETS, GUIDES, MODELS, ConfigError
@@ -133,12 +133,15 @@ def run_cell(task: CellTask) -> dict:
     panels = collapse.aggregate_posterior_panels(model, guide, trainer.data, FIGURE_ROWS, FIGURE_SAMPLES)
     if panels:  # only 1-D and 2-D latent sites can be drawn
         plots.aggregate_posterior(panels, figures / "aggregate_posterior.png")
+    measure = study.find(config["report"]).measure if "report" in config else None
+    measured = measure(model, guide, trainer.data, config) if measure else {}
     summary = {
         "experiment": task.experiment, "cell": task.cell.name, "data": data.name, "model": config["model"]["name"],
         "guide": config["guide"]["name"], "estimator": train.estimator, "seed": train.seed, "epochs": trainer.epoch,
         "train_loss": last["train_loss"], "test_loss": last["test_loss"],
         **{k: v for k, v in found.items() if k not in ("rows",)},
-        "diagnostics_rows": found["rows"], "seconds": round(time.time() - start, 2), "device": str(trainer.device),
+        "diagnostics_rows": found["rows"], **measured, "seconds": round(time.time() - start, 2),
+        "device": str(trainer.device),
     }
     write_json(summary_path, summary)
     return summary

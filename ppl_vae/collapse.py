@@ -22,7 +22,7 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
 from ppl_vae.config import DiagnosticsConfig
-from ppl_vae.diagnostics import evaluate, importance_log_likelihood, prior_draws
+from ppl_vae.diagnostics import decode, evaluate, importance_log_likelihood, prior_draws
 
 #: Burda et al. (2016): a unit is active when Cov_x(E_q[u | x]) exceeds this
 ACTIVE_THRESHOLD = 0.01
@@ -180,3 +180,22 @@ def aggregate_posterior_panels(model, guide, data, rows: int | None = None, samp
     prior = prior_draws(model, prior_samples, x.device)
     return [(title.format(site=site), draws[site], labels, prior[site])
             for site in (sites if sites is not None else [s for s, d in draws.items() if d.shape[-1] <= 2])]
+
+
+@torch.no_grad()
+def latent_traversal(model, guide, x: torch.Tensor, site: str = "z", dims: list[int] | None = None,
+                     values: torch.Tensor | None = None) -> torch.Tensor:
+    """Decoded images of one example ``x`` ``[1, ...]`` with one latent dimension at a time moved
+    over ``values`` (default: -2.5 to 2.5 in 9 steps, prior standard deviations for N(0, I)) and
+    the others held at the example's posterior mean: ``[len(dims) * len(values), ...]``, a row
+    per dimension (Higgins et al. 2017, Fig. 7's traversals).
+
+    :param dims: the dimensions, in the order of the rows (default: all).
+    """
+    values = torch.linspace(-2.5, 2.5, 9, device=x.device) if values is None else values.to(x.device)
+    mean = posterior_means(guide, x[:1])[site][0]
+    dims = list(range(len(mean))) if dims is None else dims
+    z = mean.repeat(len(dims) * len(values), 1)
+    for row, d in enumerate(dims):
+        z[row * len(values):(row + 1) * len(values), d] = values
+    return decode(model, {site: z})

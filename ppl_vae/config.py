@@ -54,8 +54,11 @@ class DiagnosticsConfig:
     chunk_size: int = 100  # importance samples drawn at once per datapoint (bounds the memory)
     info_samples: int = 1  # draws per datapoint for I(x; z) and KL(q(z) || p(z))
     mean_samples: int = 500  # draws per datapoint averaged into E_q[z | x] where it has no closed form (flows)
+    metric_train: int = 10_000  # disentanglement metrics (where data have factors): training points, as disentanglement_lib
+    metric_eval: int = 5_000  # disentanglement metrics: held-out points of the classifier scores
 
     def __post_init__(self):
-        for key in ("rows", "particles", "iw_samples", "chunk_size", "info_samples", "mean_samples"):
+        for key in ("rows", "particles", "iw_samples", "chunk_size", "info_samples", "mean_samples", "metric_train",
+                    "metric_eval"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"[diagnostics] {key} = {getattr(self, key)!r} is out of range: it must be >= 1")

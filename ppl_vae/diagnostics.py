@@ -148,8 +148,19 @@ def prior_draws(model, n: int, device: str | torch.device | None = None) -> dict
 @torch.no_grad()
 def sample_prior(model, n: int, device: str | torch.device = "cpu") -> torch.Tensor:
     """Means of p(x | z) for ``n`` draws z ~ p(z): what the model generates."""
+    return decode(model, {}, n, device)
+
+
+@torch.no_grad()
+def decode(model, latents: dict[str, torch.Tensor], n: int | None = None,
+           device: str | torch.device | None = None) -> torch.Tensor:
+    """Means of p(x | z) with the latent sites in ``latents`` held at the given values ``[n, D]``
+    (the others drawn from the model), for ``n`` rows (default: the values' rows)."""
+    first = next(iter(latents.values()), None)
+    n = len(first) if n is None else n
+    device = first.device if device is None else device
     placeholder = torch.zeros(n, *model.data_shape, device=device)  # p(x | z) does not depend on the value
-    return poutine.trace(model).get_trace(placeholder).nodes["x"]["fn"].mean
+    return poutine.trace(poutine.condition(model, data=latents)).get_trace(placeholder).nodes["x"]["fn"].mean
 
 
 def log_importance_weights(model, guide, *args, num_samples: int, reparameterised: bool = False,

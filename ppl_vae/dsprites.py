@@ -63,7 +63,7 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
-from ppl_vae.data import Dataset, _limit
+from ppl_vae.data import Dataset
 from ppl_vae.registry import DATASETS, ConfigError
 
 FACTOR_NAMES = ("shape", "scale", "orientation", "pos_x", "pos_y")
@@ -293,10 +293,11 @@ def dsprites(image_size: Literal[64, 32] = 64, train_size: int = 20_000, test_si
         raise ConfigError(f"dsprites needs train_size >= 1, test_size >= 1 and train_size + test_size <= "
                           f"{len(available)}, got {train_size} and {test_size}")
     index = np.random.default_rng(seed).choice(available, train_size + test_size, replace=False)
-    factors = world.factors_of(index)
-    images, factors = world.render(factors), torch.from_numpy(factors)
+    train_index, test_index = index[:train_size], index[train_size:]
+    if limit is not None:  # data._limit's cut, made before rendering: a smoke run renders only what it keeps
+        train_index, test_index = train_index[:limit], test_index[:max(1, limit // 4)]
     name = ("dsprites" if path else "dsprites-like") + ("" if image_size == 64 else f"-{image_size}")
-    split = lambda t: (t[:train_size], t[train_size:])  # noqa: E731
-    (train, test), (train_f, test_f) = split(images), split(factors)
-    return _limit(FactorDataset(name, train, test, "none", train_f[:, 0], test_f[:, 0], world=world,
-                                train_factors=train_f, test_factors=test_f), limit)
+    factors = [torch.from_numpy(world.factors_of(i)) for i in (train_index, test_index)]
+    train, test = (world.render(f.numpy()) for f in factors)
+    return FactorDataset(name, train, test, "none", factors[0][:, 0], factors[1][:, 0], world=world,
+                         train_factors=factors[0], test_factors=factors[1])

@@ -33,9 +33,10 @@ SUMMARY_COLUMNS = ("experiment", "cell", "data", "model", "guide", "estimator", 
                    "active_units", "mi", "marginal_kl", "seconds", "device")
 
 
-def write_results(out: Path, grid: list[Cell], summaries: list[dict]) -> list[dict]:
-    """``results.csv``: a row per cell, its grid values then its summary's numbers; returns the rows."""
-    rows = [{**cell.values, **{k: s[k] for k in SUMMARY_COLUMNS}} for cell, s in zip(grid, summaries)]
+def write_results(out: Path, grid: list[Cell], summaries: list[dict], columns: tuple[str, ...] = ()) -> list[dict]:
+    """``results.csv``: a row per cell, its grid values then its summary's numbers (and the study's
+    ``columns``); returns the rows."""
+    rows = [{**cell.values, **{k: s[k] for k in (*SUMMARY_COLUMNS, *columns)}} for cell, s in zip(grid, summaries)]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -104,7 +105,7 @@ def run(experiment: str | Path, out: str | Path | None = None, overrides: list[s
     if progress:
         print(f"{name}: {len(grid)} cell(s) on {device}, into {out}", flush=True)
     summaries = runner.run(tasks, progress)
-    write_results(out, grid, summaries)
+    write_results(out, grid, summaries, study.find(config["report"]).columns if "report" in config else ())
     write_json(out / "experiment.json", {**record, "wall_seconds": round(time.time() - started, 1)})
     if "report" in config:
         text = report(out)

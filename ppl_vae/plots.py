@@ -90,3 +90,15 @@ def curves(x: list[float], series: dict[str, list[float]], path: str | Path, xla
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def bars(groups: dict[str, list[float]], path: str | Path, xlabel: str, ylabel: str, title: str = "") -> Path:
+    """One bar per value, the groups side by side (e.g. each beta's KL per latent dimension)."""
+    fig, ax = plt.subplots(figsize=(5.6, 4))
+    width = 0.8 / max(1, len(groups))
+    for i, (name, values) in enumerate(groups.items()):
+        ax.bar(np.arange(len(values)) + i * width, values, width, label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

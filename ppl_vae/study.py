@@ -20,6 +20,8 @@ from ppl_vae.registry import ConfigError
 
 #: report(run folder, one row per cell: its grid values and summary.json, the cells' configs) -> Markdown
 Report = Callable[[Path, list[dict], list[dict]], str]
+#: measure(model, guide, data, cell config) -> numbers for the cell's summary.json, once it has trained
+Measure = Callable[[Any, Any, Any, dict], dict]
 
 
 @dataclass(frozen=True)
@@ -29,11 +31,16 @@ class Study:
     :param report: writes the study's figures into the run folder and returns its Markdown.
     :param axes: grid columns the report reads (as in ``results.csv``: ``data.n`` is ``n``).
     :param variants: per named-variant axis, the variants whose rows its checks compare.
+    :param measure: what the study measures of each trained cell beyond ``collapse.diagnose``
+        (disentanglement scores, say), added to its ``summary.json``.
+    :param columns: the keys of ``measure``'s numbers that ``results.csv`` shows.
     """
 
     report: Report
     axes: tuple[str, ...] = ()
     variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    measure: Measure | None = None
+    columns: tuple[str, ...] = ()
 
     def check(self, grid: dict[str, dict[Any, Any]], name: str) -> None:
         """Raise ``ConfigError`` unless ``grid`` (``{column: {value or variant name: ...}}``) has

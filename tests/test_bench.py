@@ -33,10 +33,23 @@ def test_quick_training_bench_checks_losses():
     assert set(result["ms_per_step"]) == {"pytorch", "toolkit", "toolkit-eager"} and result["steps_per_round"] == 2
 
 
+def test_the_64x64_conv_bench_checks_losses_too():
+    """The hand-written copy of a conv pair computes the toolkit's loss on 64 x 64 images."""
+    result = bench.bench_train(64, rows=64, rounds=1, device=torch.device("cpu"), hidden=[16], latent=2,
+                               network="conv", data="dsprites", log=lambda *_: None)
+    assert result["loss_check"]["equal"] and (result["network"], result["data"]) == ("conv", "dsprites-like")
+
+
+def test_the_generator_bench_times_the_whole_set():
+    result = bench.bench_generator(32, rounds=1, log=lambda *_: None)
+    assert result["images"] == 737_280 and result["packed_mib"] == 737_280 * 32 * 32 / 8 / 2**20
+
+
 @pytest.mark.slow
 def test_quick_bench_writes_its_results(tmp_path):
     out = tmp_path / "bench.json"
     bench.run(out, quick=True, log=lambda *_: None)
     result = json.loads(out.read_text())
-    assert {"step_ratio_b128", "step_ratio_b1024", "machine", "train", "iw"} <= set(result)
+    assert {"step_ratio_b128", "step_ratio_b1024", "step_ratio_conv_b64", "machine", "train", "iw",
+            "generator"} <= set(result)
     assert [r["chunk_size"] for r in result["iw"]] == [50, 100]

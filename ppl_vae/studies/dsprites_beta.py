@@ -1,0 +1,147 @@
+"""Higgins et al. (2017), beta-VAE: disentanglement on dSprites-like shapes against the KL weight beta.
+
+Reads the grid axes ``beta`` (named variants setting ``train.kl_weight``; the study compares ``1``
+and ``4``) and ``seed``. Each trained cell is scored by three metrics of its encoder means
+(``ppl_vae.disentanglement``); the report scores the baselines of the paper's table (raw pixels,
+PCA, ICA, the untrained VAE) with the same metric code and sizes, and puts every row beside the
+paper's beta-VAE metric.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import warnings
+from pathlib import Path
+
+from sklearn.exceptions import ConvergenceWarning
+
+from ppl_vae import cell, collapse, plots
+from ppl_vae.disentanglement import (beta_vae_score, encoder_means, factor_vae_score, ica_representation, mig,
+                                     pca_representation, raw_pixels)
+from ppl_vae.experiment_file import diagnostics_config
+from ppl_vae.io import write_json, write_text
+from ppl_vae.study import Study, check_line
+
+#: Higgins et al. (2017), the dSprites table: their disentanglement metric, % accuracy (mean +- sd)
+PAPER = {"beta-VAE": (99.23, 0.1), "VAE": (61.58, 0.5), "PCA": (84.9, 0.4), "ICA": (42.03, 10.6),
+         "raw pixels": (45.75, 0.8), "VAE untrained": (44.14, 2.5)}
+#: baseline components, as the paper's PCA and ICA rows
+COMPONENTS = 10
+COLUMNS = ("beta_vae_score", "factor_vae_score", "mig")
+SCORES_CSV = ("method", "beta", "seed", *COLUMNS, "active_units", "recon", "kl")
+
+
+def _scores(represent, world, seed: int, config: dict, name: str) -> dict:
+    """The three metrics of one representation, at the experiment's metric sizes."""
+    sizes = diagnostics_config(config)
+    train, evaluate = sizes.metric_train, sizes.metric_eval
+    return {"beta_vae_score": beta_vae_score(represent, world, seed, num_train=train, num_eval=evaluate,
+                                             representation=name)["score"],
+            "factor_vae_score": factor_vae_score(represent, world, seed, num_train=train, num_eval=evaluate,
+                                                 num_variance_estimate=train, representation=name)["score"],
+            "mig": mig(represent, world, seed, num_train=train, representation=name)["score"],
+            "metric_train": train, "metric_eval": evaluate, "representation": name}
+
+
+def measure(model, guide, data, config: dict) -> dict:
+    """A trained cell's metrics, on its guide's posterior means of z."""
+    return _scores(encoder_means(guide), data.world, config.get("train", {}).get("seed", 0), config, "encoder means")
+
+
+def baselines(out: Path, config: dict) -> dict[str, dict]:
+    """The paper's other rows under the same metric code, cached in ``baselines.json`` (no training)."""
+    path = out / "baselines.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    data, model, guide, train = cell.build(config)
+    world, seed = data.world, train.seed
+    with warnings.catch_warnings(record=True) as caught:  # FastICA may stop short of its tolerance: say so
+        warnings.simplefilter("always", ConvergenceWarning)
+        ica = ica_representation(world, COMPONENTS, seed=seed)
+    rows = {"raw pixels": _scores(raw_pixels(), world, seed, config, "raw pixels"),
+            "PCA": _scores(pca_representation(world, COMPONENTS, seed=seed), world, seed, config, "PCA"),
+            "ICA": {**_scores(ica, world, seed, config, "ICA"),
+                    "converged": not any(issubclass(w.category, ConvergenceWarning) for w in caught)},
+            "VAE untrained": _scores(encoder_means(guide), world, seed, config, "encoder means, untrained")}
+    write_json(path, rows)
+    return rows
+
+
+def _mean_sd(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    mean = statistics.fmean(values) * scale
+    return f"{mean:.{digits}f}" + (f" +- {statistics.stdev(values) * scale:.{digits}f}" if len(values) > 1 else "")
+
+
+def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
+    """Metrics per beta (mean +- sd over seeds) and the baselines beside the paper's table; checks
+    that beta = 4 uses fewer active dimensions than beta = 1 and that the trained models beat the
+    untrained VAE and raw pixels; traversals and KL per dimension per beta."""
+    betas = list(dict.fromkeys(r["beta"] for r in rows))
+    by_beta = {b: [r for r in rows if r["beta"] == b] for b in betas}
+    base = baselines(out, cells[0])
+    data = cells[0]["data"]
+    size, sizes = data.get("image_size", 64), diagnostics_config(cells[0])
+    lines = [f"# beta-VAE on dSprites-like shapes ({size} x {size}): disentanglement against beta", "",
+             f"Metrics of each model's encoder means, {sizes.metric_train} training and {sizes.metric_eval} "
+             "held-out points per classifier score (disentanglement_lib: 10,000 and 5,000), 64 pairs per "
+             "beta-VAE point; baselines with the same code and sizes. Paper: Higgins et al. (2017), their "
+             "metric on dSprites at 64 x 64 (% accuracy); our beta-VAE score is that metric with "
+             "disentanglement_lib's protocol (logistic regression). Mean +- sd over seeds.", "",
+             "| method | beta | seeds | beta-VAE score % | paper % | FactorVAE score % | MIG | active units "
+             "| recon | KL |", "|" + "---|" * 10]
+    for b, group in by_beta.items():
+        paper = PAPER["VAE" if float(b) == 1 else "beta-VAE"]
+        lines.append(f"| {'VAE' if float(b) == 1 else 'beta-VAE'} | {b} | {len(group)} | "
+                     f"{_mean_sd([r['beta_vae_score'] for r in group], 100)} | {paper[0]} +- {paper[1]} | "
+                     f"{_mean_sd([r['factor_vae_score'] for r in group], 100)} | "
+                     f"{_mean_sd([r['mig'] for r in group], 1, 3)} | {_mean_sd([r['active_units'] for r in group])} | "
+                     f"{_mean_sd([r['recon'] for r in group])} | {_mean_sd([r['kl'] for r in group])} |")
+    for name, scores in base.items():
+        note = "" if scores.get("converged", True) else " (FastICA stopped before its tolerance)"
+        lines.append(f"| {name}{note} | | 1 | {scores['beta_vae_score'] * 100:.1f} | {PAPER[name][0]} +- {PAPER[name][1]} | "
+                     f"{scores['factor_vae_score'] * 100:.1f} | {scores['mig']:.3f} | | | |")
+
+    mean = lambda b, key: statistics.fmean(r[key] for r in by_beta[b])  # noqa: E731
+    lines += ["", "## Checks", ""]
+    low, high = min(betas, key=float), max(betas, key=float)
+    if float(low) < float(high):
+        lines.append(check_line(mean(high, "active_units") < mean(low, "active_units"),
+                                f"beta = {high} puts its KL into fewer active dimensions than beta = {low}: "
+                                f"{mean(high, 'active_units'):.1f} against {mean(low, 'active_units'):.1f}"))
+    for b in betas:
+        score = mean(b, "beta_vae_score")
+        floor = max(base["VAE untrained"]["beta_vae_score"], base["raw pixels"]["beta_vae_score"])
+        lines.append(check_line(score > floor, f"beta = {b} scores {score:.1%} on the beta-VAE score, above the "
+                                               f"untrained VAE and raw pixels ({floor:.1%} at best)"))
+
+    figures = out / "figures"
+    kl = {}
+    for b, group in by_beta.items():
+        first = min(group, key=lambda r: r["seed"])
+        per_dim = first["kl_dims"]["z"]
+        kl[f"beta = {b}"] = sorted(per_dim, reverse=True)
+        data_, model, guide = cell.restore(out / first["cell"])
+        order = sorted(range(len(per_dim)), key=lambda d: -per_dim[d])
+        images = collapse.latent_traversal(model, guide, data_.test_eval[:1], dims=order)
+        plots.image_grid(images, figures / f"traversal_beta{b}.png", nrow=len(images) // len(order))
+    plots.bars(kl, figures / "kl_per_dim.png", "latent dimension (sorted by its KL)", "KL (nats)",
+               title="KL per dimension, by beta")
+    lines += ["", "Figures: " + ", ".join(f"`figures/traversal_beta{b}.png`" for b in betas) +
+              " (a row per latent dimension, sorted by KL, each moved from -2.5 to 2.5 around one held-out "
+              "image's code), `figures/kl_per_dim.png`."]
+    _write_scores(out, rows, base)
+    return "\n".join(lines) + "\n"
+
+
+def _write_scores(out: Path, rows: list[dict], base: dict) -> None:
+    """``scores.csv``: a row per trained cell and per baseline, in the columns of the paper's table."""
+    table = [{"method": "VAE" if float(r["beta"]) == 1 else "beta-VAE", "beta": r["beta"], "seed": r["seed"],
+              **{k: r[k] for k in SCORES_CSV[3:]}} for r in rows]
+    table += [{"method": name, "beta": "", "seed": "", **{k: s[k] for k in COLUMNS},
+               "active_units": "", "recon": "", "kl": ""} for name, s in base.items()]
+    write_text(out / "scores.csv", ",".join(SCORES_CSV) + "\n" +
+               "".join(",".join(str(row[k]) for k in SCORES_CSV) + "\n" for row in table))
+
+
+STUDY = Study(report, axes=("beta", "seed"), variants={"beta": ("1", "4")}, measure=measure, columns=COLUMNS)
