@@ -249,7 +249,7 @@ def run(out: str | Path = "runs/bench.json", device: str = "auto", rounds: int =
     log(f"training steps, {'quick' if quick else '784-512-512-32 VAE'} on {device}:")
     train = [bench_train(b, rounds=rounds, device=device, log=log, **sizes) for b in (128, 1024)]
     log(f"training steps, {'quick' if quick else '64 x 64 conv VAE (Higgins et al. 2017)'} on {device}:")
-    conv = dict(rows=128, hidden=[16], latent=2) if quick else dict(rows=2048, hidden=CONV["hidden"],
+    conv = dict(rows=128, hidden=[16], latent=2) if quick else dict(rows=640, hidden=CONV["hidden"],
                                                                         latent=CONV["latent"])
     train.append(bench_train(64, rounds=rounds, device=device, log=log, network="conv", data="dsprites", **conv))
     log("dSprites-like generator:")

@@ -29,12 +29,14 @@ Representations, and its disentanglement_lib (the protocols and defaults followe
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from sklearn.decomposition import PCA, FastICA
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import mutual_info_score
 
@@ -223,7 +225,9 @@ def beta_vae_score(represent: Representation, world: World, seed: int = 0, *, ba
     eval_x, eval_y = _beta_vae_points(represent, world, varying, batch_size, num_eval, rng, chunk_size)
     if len(np.unique(train_y)) < 2:
         raise ConfigError(f"num_train = {num_train} training points all hold the same factor fixed: raise num_train")
-    classifier = LogisticRegression(max_iter=max_iter, random_state=seed).fit(train_x, train_y)
+    with warnings.catch_warnings():  # a classifier stopped at max_iter is reported (classifier_converged), not warned
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        classifier = LogisticRegression(max_iter=max_iter, random_state=seed).fit(train_x, train_y)
     iterations = int(np.max(classifier.n_iter_))
     eval_accuracy = classifier.score(eval_x, eval_y)
     return _report("beta-VAE score", eval_accuracy, representation, seed, world, varying,

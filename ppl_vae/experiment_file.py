@@ -39,8 +39,8 @@ SECTIONS = ("data", "model", "guide", "train", "diagnostics")
 TOP_LEVEL = {"description", "imports", "grid", "report", *SECTIONS}
 #: what ``--quick`` shrinks an experiment to: seconds, not minutes
 QUICK = {"epochs": 2, "limit": 256, "width": 64, "grid_values": 2,
-         "diagnostics": {"rows": 64, "particles": 10, "iw_samples": 50, "mean_samples": 50, "metric_train": 200,
-                         "metric_eval": 100}}
+         "diagnostics": {"rows": 64, "particles": 10, "iw_samples": 50, "mean_samples": 50, "metric_train": 60,
+                         "metric_eval": 40}}
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def test_quick_training_bench_checks_losses():
 
 def test_the_64x64_conv_bench_checks_losses_too():
     """The hand-written copy of a conv pair computes the toolkit's loss on 64 x 64 images."""
-    result = bench.bench_train(64, rows=64, rounds=1, device=torch.device("cpu"), hidden=[16], latent=2,
+    result = bench.bench_train(64, rows=128, rounds=1, device=torch.device("cpu"), hidden=[16], latent=2,
                                network="conv", data="dsprites", log=lambda *_: None)
     assert result["loss_check"]["equal"] and (result["network"], result["data"]) == ("conv", "dsprites-like")
 

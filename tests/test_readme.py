@@ -28,7 +28,7 @@ def example_folder(tmp_path, monkeypatch):
 
 
 def test_readme_has_the_example():
-    assert {"my_pairs.py", "train_laplace.py", "my-laplace.toml"} <= set(BLOCKS)
+    assert {"my_pairs.py", "train_laplace.py", "my-laplace.toml", "score_pair.py"} <= set(BLOCKS)
 
 
 def test_new_pair_trains_from_python(example_folder, capsys):
@@ -44,3 +44,10 @@ def test_new_pair_runs_from_an_experiment_file(example_folder):
     (summary,) = run("my-laplace.toml", example_folder / "out", quick_run=True, progress=False)
     assert (summary["model"], summary["guide"], summary["epochs"]) == ("laplace-vae", "laplace", 2)
     assert (example_folder / "out" / "figures" / "samples.png").is_file()
+
+
+def test_scoring_a_pairs_representation_runs_as_written(example_folder, capsys):
+    """The README's few lines that score any pair's encoder with the three disentanglement metrics."""
+    runpy.run_path(str(example_folder / "score_pair.py"))
+    scores = [float(v) for v in re.findall(r"^(?:beta-VAE|FactorVAE|MIG) (\S+)$", capsys.readouterr().out, re.M)]
+    assert len(scores) == 3 and all(0 <= s <= 1 for s in scores)
