@@ -123,6 +123,11 @@ def reconstruct(model, guide, x: torch.Tensor) -> torch.Tensor:
     return trace_pair(model, guide, x)[0].nodes["x"]["fn"].mean
 
 
+def model_device(model) -> torch.device:
+    """Where the model's parameters and buffers are (the CPU for a model with none)."""
+    return next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+
+
 @torch.no_grad()
 def prior_sites(model, n: int = 1, device: str | torch.device | None = None, draw: bool = True) -> dict[str, dict]:
     """The model's latent sample sites, in model order, from one run of its prior for ``n`` placeholder
@@ -131,8 +136,7 @@ def prior_sites(model, n: int = 1, device: str | torch.device | None = None, dra
     :param draw: draw the latents; ``False`` holds each at zero (its ``fn`` is still the model's),
         which uses no random numbers.
     """
-    if device is None:
-        device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+    device = model_device(model) if device is None else device
     placeholder = torch.zeros(n, *model.data_shape, device=device)  # the latents do not depend on x
     held = {} if draw else {s: torch.zeros(n, d, device=device) for s, d in model.latent_dims.items()}
     trace = prune_subsample_sites(poutine.trace(poutine.condition(model, held)).get_trace(placeholder))
@@ -157,8 +161,11 @@ def decode(model, latents: dict[str, torch.Tensor], n: int | None = None,
     """Means of p(x | z) with the latent sites in ``latents`` held at the given values ``[n, D]``
     (the others drawn from the model), for ``n`` rows (default: the values' rows)."""
     first = next(iter(latents.values()), None)
+    if n is None and first is None:
+        raise ValueError("decode needs latent values or n, the number of rows")
     n = len(first) if n is None else n
-    device = first.device if device is None else device
+    if device is None:  # where the given values are, else where the model's tensors are
+        device = first.device if first is not None else model_device(model)
     placeholder = torch.zeros(n, *model.data_shape, device=device)  # p(x | z) does not depend on the value
     return poutine.trace(poutine.condition(model, data=latents)).get_trace(placeholder).nodes["x"]["fn"].mean
 

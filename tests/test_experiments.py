@@ -65,6 +65,12 @@ def test_bundled_experiment_runs_quick(name, tmp_path, fake_mnist):
         assert (folder / "figures" / "reconstructions.png").is_file() == images
         small = min(s["latent_dims"].values()) <= 2  # a 1-D or 2-D latent site
         assert (folder / "figures" / "aggregate_posterior.png").is_file() == small
+    if name == "dsprites-beta":  # the study's measure reaches summary.json and results.csv; baselines in scores.csv
+        assert {"method", "beta_vae_score", "factor_vae_score", "mig"} <= set(results(out)[0])
+        assert all(0 <= s[k] <= 1 for s in summaries for k in ("beta_vae_score", "factor_vae_score", "mig"))
+        methods = [line.split(",")[0] for line in (out / "scores.csv").read_text().splitlines()[1:]]
+        assert methods[-4:] == ["raw pixels", "PCA", "ICA", "VAE untrained"] and len(methods) == len(summaries) + 4
+        assert (out / "figures" / "traversal_beta4.png").is_file() and (out / "figures" / "kl_per_dim.png").is_file()
 
 
 def test_grid_cells_are_independent_runs(tmp_path):
@@ -281,7 +287,22 @@ def test_a_first_sentence_is_whole_however_it_is_wrapped():
     assert first_sentence("No full stop") == "No full stop" and first_sentence(None) == ""
 
 
-def test_the_device_defaults_to_auto_and_is_recorded(tmp_path):
+def test_the_device_defaults_to_auto_and_is_recorded(tmp_path, monkeypatch):
+    """``auto`` is the default of ``run`` and of the CLI, picks CUDA where torch sees it, and the device
+    used is written into experiment.json and summary.json."""
+    import inspect
+
+    from ppl_vae.training import resolve_device
+
+    assert inspect.signature(run).parameters["device"].default == "auto"
+    seen = []
+    with monkeypatch.context() as patch:  # what the CLI passes when --device is not given
+        patch.setattr("ppl_vae.experiment.run", lambda *args, **kwargs: seen.append(args[3]) or [])
+        assert main(["run", "digits-vae"]) == 0 and seen == ["auto"]
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.cuda, "is_available", lambda: True)
+        assert resolve_device("auto").type == "cuda"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     path = tmp_path / "e.toml"
     path.write_text(GOOD)
     (summary,) = run(path, tmp_path / "out", ["train.epochs=1"], progress=False)

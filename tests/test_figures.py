@@ -94,3 +94,20 @@ def test_figure_of_a_registered_guide_pools_its_draws(tmp_path, drawn):
     bars = drawn[0].axes[0].containers[0]
     width = bars[0].get_width()
     assert sum(b.get_height() for b in bars) * width == pytest.approx(1.0, abs=0.01)  # a density of 150 draws
+
+
+def test_a_traversal_moves_one_dimension_per_row_from_the_examples_code():
+    """Row r of ``latent_traversal`` decodes the example's posterior mean with dimension dims[r] set to
+    each value in turn: the same images as decoding those codes directly."""
+    from ppl_vae.collapse import latent_traversal, posterior_means
+    from ppl_vae.diagnostics import decode
+
+    model = MODELS["vae"]((1, 8, 8), latent_dim=3, hidden=[16])
+    guide = GUIDES["gaussian"](model)
+    x, values = torch.bernoulli(torch.full((1, 1, 8, 8), 0.5)), torch.tensor([-1.0, 0.0, 2.0])
+    images = latent_traversal(model, guide, x, dims=[2, 0], values=values)
+    mean = posterior_means(guide, x)["z"][0]
+    expected = mean.repeat(6, 1)
+    expected[:3, 2], expected[3:, 0] = values, values
+    assert images.shape == (6, 1, 8, 8) and torch.allclose(images, decode(model, {"z": expected}))
+    assert not torch.allclose(images[0], images[2])  # the decoder depends on the moved dimension
