@@ -1,5 +1,5 @@
-"""The ``ppl-vae`` command: ``run`` an experiment, ``report`` a finished run again, ``list`` what is
-bundled, ``bench`` the speed."""
+"""The ``ppl-vae`` command: ``run`` an experiment, ``report`` a finished run again, ``explore`` a
+finished image run (interpolations, traversals), ``list`` what is bundled, ``bench`` the speed."""
 
 from __future__ import annotations
 
@@ -34,6 +34,17 @@ def list_all() -> str:
     return "\n".join(lines)
 
 
+def _pair(text: str) -> tuple[int, int]:
+    first, sep, second = text.partition(":")
+    if not (sep and first.strip().isdigit() and second.strip().isdigit()):
+        raise ConfigError(f"expected two whole numbers as A:B (e.g. 1:7), got {text!r}")
+    return int(first), int(second)
+
+
+def _pairs(text: str | None) -> list[tuple[int, int]] | None:
+    return [_pair(item) for item in text.split(",")] if text else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ppl-vae", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--jobs", type=int, default=1, help="grid cells to run in parallel (default: 1)")
     again = commands.add_parser("report", help="write a finished run's report.md and figures again")
     again.add_argument("folder", help="the run folder (the --out of the run)")
+    explore = commands.add_parser("explore", help="draw interpolations and latent traversals for a finished image run")
+    explore.add_argument("folder", help="the run folder (the --out of the run), or one cell's folder")
+    explore.add_argument("--cell", help="only this cell of a grid (default: every finished cell)")
+    explore.add_argument("--between", default="1:7", metavar="A:B",
+                         help="interpolate from held-out images labelled A to ones labelled B (default: 1:7)")
+    explore.add_argument("--pairs", metavar="I:J,...", help="interpolate between these held-out indices instead")
+    explore.add_argument("--rows", type=int, default=4, help="pairs drawn with --between (default: 4)")
+    explore.add_argument("--steps", type=int, default=10, help="images per interpolation (default: 10)")
+    explore.add_argument("--example", type=int, default=0, help="held-out image to traverse (default: 0)")
+    explore.add_argument("--dims", type=int, default=10, help="traversed dimensions, most KL first (default: 10)")
+    explore.add_argument("--site", help="latent site (default: the model's first)")
     commands.add_parser("list", help="list bundled experiments, models, guides, estimators and datasets")
     bench = commands.add_parser("bench", help="time the toolkit against hand-written PyTorch (not part of the tests)")
     bench.add_argument("--out", default="runs/bench.json", help="results file (default: runs/bench.json)")
@@ -66,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
             from ppl_vae.experiment import report
 
             print(report(args.folder))
+            return 0
+        if args.command == "explore":
+            from ppl_vae.explore import explore as draw
+
+            for path in draw(args.folder, args.cell, _pair(args.between), _pairs(args.pairs), args.rows, args.steps,
+                             args.example, args.dims, args.site):
+                print(path)
             return 0
         if args.command == "bench":
             from ppl_vae.bench import run as run_bench

@@ -29,6 +29,8 @@ class TrainConfig:
     checkpoint_every: int = 5  # epochs between checkpoints (the last epoch is always saved)
     eval_every: int = 1  # epochs between scored history rows (the last epoch is always scored)
     capture: bool = True  # replay the loss as a captured graph (ppl_vae.capture); false = run the pair eagerly
+    input_noise: Literal["none", "gaussian", "masking"] = "none"  # the guide sees corrupted x (denoising; ppl_vae.corruption)
+    noise_level: float = 0.5  # gaussian: the noise's standard deviation; masking: the fraction of pixels set to 0
 
     def __post_init__(self):
         checks = {
@@ -36,7 +38,8 @@ class TrainConfig:
             "lr_final": self.lr_final is None or self.lr_final > 0, "num_particles": self.num_particles >= 1,
             "free_bits": self.free_bits >= 0, "kl_weight": self.kl_weight >= 0,
             "kl_warmup_epochs": self.kl_warmup_epochs >= 0, "kl_cycles": self.kl_cycles >= 1,
-            "checkpoint_every": self.checkpoint_every >= 0, "eval_every": self.eval_every >= 1,
+            "checkpoint_every": self.checkpoint_every >= 0,
+            "noise_level": self.noise_level >= 0 and (self.input_noise != "masking" or self.noise_level < 1), "eval_every": self.eval_every >= 1,
         }
         for key, ok in checks.items():
             if not ok:

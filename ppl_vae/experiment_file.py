@@ -148,10 +148,19 @@ def quick(config: dict) -> dict:
     for section in ("model", "guide"):
         if "hidden" in config.get(section, {}):
             config[section]["hidden"] = [min(w, QUICK["width"]) for w in config[section]["hidden"]]
-    config["grid"] = {k: dict(list(v.items())[: QUICK["grid_values"]]) if isinstance(v, dict) else v[: QUICK["grid_values"]]
-                      for k, v in config.get("grid", {}).items()}
+    n = QUICK["grid_values"]
+    config["grid"] = {k: {name: {key: _quick_value(key, value) for key, value in keys.items()}
+                          for name, keys in list(v.items())[:n]} if isinstance(v, dict)
+                      else [_quick_value(k, value) for value in v[:n]] for k, v in config.get("grid", {}).items()}
     config["diagnostics"] = {**config.get("diagnostics", {}), **QUICK["diagnostics"]}
     return config
+
+
+def _quick_value(key: str, value: Any) -> Any:
+    """A grid value as ``quick`` runs it: an axis or variant that sets the run's length is shrunk too."""
+    if key == "train.epochs":
+        return min(value, QUICK["epochs"])
+    return 1 if key == "train.eval_every" else value
 
 
 def grid_axes(grid: dict) -> list[tuple[str, list[tuple[Any, dict]]]]:

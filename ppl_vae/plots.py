@@ -102,3 +102,46 @@ def bars(groups: dict[str, list[float]], path: str | Path, xlabel: str, ylabel: 
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def code_maps(panels: dict[str, tuple[torch.Tensor, torch.Tensor]], path: str | Path) -> Path:
+    """2-D codes side by side, one panel per ``{title: (codes [N, 2], labels [N])}``, coloured by label
+    (the seed posts' latent maps of the digits)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.2), squeeze=False)
+    for ax, (title, (code, labels)) in zip(axes[0], panels.items()):
+        code, labels = code.detach().float().cpu().numpy(), labels.cpu().numpy()
+        points = ax.scatter(code[:, 0], code[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=6)
+        ax.set(title=title, xlabel="z[0]", ylabel="z[1]")
+        ax.grid(alpha=0.3)
+    fig.colorbar(points, ax=axes[0][-1], ticks=range(10), label="digit")
+    return _save(fig, path)
+
+
+def histogram_grid(panels: list[list[tuple[str, dict[str, np.ndarray]]]], path: str | Path) -> Path:
+    """A grid of histograms, ``panels[row][column] = (title, {label: values})``: the groups of each
+    panel overlaid as densities on shared bins (say, a score on normal against anomalous inputs)."""
+    fig, axes = plt.subplots(len(panels), len(panels[0]), figsize=(3.2 * len(panels[0]), 1.9 * len(panels)),
+                             squeeze=False)
+    for line, row in zip(axes, panels):
+        for ax, (title, groups) in zip(line, row):
+            values = np.concatenate(list(groups.values()))
+            bins = np.linspace(*np.quantile(values, [0.005, 0.995]), 40)
+            for label, group in groups.items():
+                ax.hist(group, bins, density=True, alpha=0.6, label=label)
+            ax.set_title(title, fontsize=8)
+            ax.tick_params(labelsize=6)
+        line[0].legend(fontsize=6)
+    return _save(fig, path)
+
+
+def train_test_curves(series: dict[str, tuple[list[float], list[float], list[float]]], path: str | Path,
+                      xlabel: str, ylabel: str, title: str = "") -> Path:
+    """Per ``{name: (x, train, held-out)}``: the train values dashed and the held-out solid, one colour each."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, (name, (x, train, test)) in enumerate(series.items()):
+        ax.plot(x, test, "-", color=f"C{i}", label=name)
+        ax.plot(x, train, "--", color=f"C{i}")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

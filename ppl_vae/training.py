@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ppl_vae.capture import TrainingLoss
 from ppl_vae.config import TrainConfig
+from ppl_vae.corruption import corrupted_inputs
 from ppl_vae.data import Dataset
 from ppl_vae.diagnostics import evaluate
 from ppl_vae.handlers import KLSchedule
@@ -117,18 +118,22 @@ class Trainer:
         n = len(self.data.train)
         # full batch: the whole set in place (a shuffle would only copy it); else shuffled batches
         batches = [slice(None)] if self.batch_size == n else torch.randperm(n, device=self.device).split(self.batch_size)
-        for index in batches:
-            x = self.data.batch(index)
-            self.kl_weight.fill_(self.kl_schedule(self.step))
-            self.scale.fill_(1 / len(x))  # the objective per example
-            loss = self.loss.loss_and_grads(x, self.kl_weight, self.scale)  # sets each parameter's .grad
-            if check and not torch.isfinite(loss):
-                raise step_error(self.model, self.guide, x, loss, self.step, self.epoch + 1)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.step += 1
-            total += loss.detach() * len(x)
+        with corrupted_inputs(self.guide, self.config.input_noise, self.config.noise_level):
+            for index in batches:
+                total += self._step(self.data.batch(index), check)
         return total
+
+    def _step(self, x: torch.Tensor, check: bool) -> torch.Tensor:
+        """One optimiser step on batch ``x``; its summed training objective."""
+        self.kl_weight.fill_(self.kl_schedule(self.step))
+        self.scale.fill_(1 / len(x))  # the objective per example
+        loss = self.loss.loss_and_grads(x, self.kl_weight, self.scale)  # sets each parameter's .grad
+        if check and not torch.isfinite(loss):
+            raise step_error(self.model, self.guide, x, loss, self.step, self.epoch + 1)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return loss.detach() * len(x)
 
     def fit(self, checkpoint: str | Path | None = None, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
         """Train the remaining epochs; save to ``checkpoint`` every ``checkpoint_every`` epochs and at the end.
