@@ -32,7 +32,8 @@ class AmortisedGuide(nn.Module):
     whose sites depend on each other overrides ``forward``.
 
     :param model: the model served; its ``latent_dims`` and ``data_shape`` are read, and its
-        ``network_config`` (a ``NetworkConfig``; a model without one gets ``NetworkConfig()``).
+        ``network_config`` (a ``NetworkConfig``; a model without one gets ``NetworkConfig()``), whose
+        activation the guide's networks take.
     :param hidden: encoder widths (default: the model's ``network_config.hidden``).
     :param network: ``"mlp"`` or ``"conv"`` (default: the model's ``network_config.network``).
     """
@@ -46,8 +47,9 @@ class AmortisedGuide(nn.Module):
         defaults = getattr(model, "network_config", None) or NetworkConfig()
         hidden = list(defaults.hidden if hidden is None else hidden)
         self.latent_dims = dict(model.latent_dims)
+        self.activation = defaults.activation
         self._check_support(model)
-        self.encoder = Encoder(model.data_shape, hidden, network or defaults.network)
+        self.encoder = Encoder(model.data_shape, hidden, network or defaults.network, self.activation)
         self.build(self.encoder.out_features)
 
     def build(self, width: int) -> None:
@@ -142,7 +144,8 @@ class StructuredDLGMGuide(AmortisedGuide):
             )
         z1, z2 = self.latent_dims["z1"], self.latent_dims["z2"]
         self.q_z1 = GaussianHead(width, z1)
-        self.q_z2 = nn.Sequential(mlp([z1, width], final_activation=True), GaussianHead(width, z2))
+        self.q_z2 = nn.Sequential(mlp([z1, width], final_activation=True, activation=self.activation),
+                                  GaussianHead(width, z2))
 
     def forward(self, x):
         h = self.encoder(x)

@@ -141,7 +141,7 @@ def diagnose(model, guide, data: torch.Tensor, config: DiagnosticsConfig | None 
     """Everything that says whether and how much the latent is used, on ``data[:config.rows]``,
     in nats per datapoint: the ELBO terms (``loss``, ``recon``, ``kl``, per site and dimension,
     ``recon_per_dim`` = recon / data dimensions), the importance-weighted ``log_px_iw`` and the
-    variational ``gap`` (Burda et al. 2016), ``khat_share`` (the share of datapoints whose PSIS
+    variational ``gap`` (Burda et al. 2016), ``log_px_iw_stderr`` (its standard error over the rows), ``khat_share`` (the share of datapoints whose PSIS
     k-hat exceeds 0.7), ``active_units`` (Burda et al. 2016) and the decomposition
     ``kl`` ~ ``mi`` + ``marginal_kl`` (Hoffman & Johnson 2016; its own Monte Carlo ``info_kl``).
     ``analytic_kl``: closed-form KLs where registered; only for a mean-field guide (as the
@@ -156,6 +156,7 @@ def diagnose(model, guide, data: torch.Tensor, config: DiagnosticsConfig | None 
     return {
         "rows": len(x), **terms, "recon_per_dim": terms["recon"] / x[0].numel(),
         "log_px_iw": iw.log_px.mean().item(), "gap": iw.gap.mean().item(), "iw_samples": config.iw_samples,
+        "log_px_iw_stderr": (iw.log_px.std() / math.sqrt(len(x))).item() if len(x) > 1 else math.nan,
         "khat_share": (iw.khat > 0.7).float().mean().item(),
         "active_units": units["count"], "active_units_sites": units["sites"],
         "latent_dims": {site: len(v) for site, v in units["variance"].items()},

@@ -17,24 +17,28 @@ from torch import nn
 from torch.nn import functional as F
 
 Network = Literal["mlp", "conv"]
+Activation = Literal["relu", "tanh"]
+#: the nonlinearity between fully connected layers: ReLU by default, tanh as in Burda et al. (2016), Sec. 5
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """The encoder widths and network kind a model's decoder mirrors; guides built for the model
-    take them as their defaults, so a pair is symmetric unless told otherwise."""
+    """The encoder widths, network kind and activation a model's decoder mirrors; guides built for
+    the model take them as their defaults, so a pair is symmetric unless told otherwise."""
 
     hidden: tuple[int, ...] = (256,)  # encoder widths, input side first
     network: Network = "mlp"  # "mlp", or "conv" for images
+    activation: Activation = "relu"  # between the fully connected layers (conv stacks keep ReLU)
 
 
-def mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
-    """Linear layers of the given widths with ReLU between them."""
+def mlp(sizes: list[int], final_activation: bool = False, activation: Activation = "relu") -> nn.Sequential:
+    """Linear layers of the given widths with ``activation`` (``ACTIVATIONS``) between them."""
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2 or final_activation:
-            layers.append(nn.ReLU())
+            layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
 
 
@@ -67,9 +71,10 @@ def _stride2(convolution: type, channels: list[int], last_activation: bool) -> l
 
 class Encoder(nn.Module):
     """x ``[..., *data_shape]`` -> features ``[..., hidden[-1]]`` (MLP, or stride-2 convs first:
-    ``CONV_CHANNELS``)."""
+    ``CONV_CHANNELS``); ``activation`` between the fully connected layers."""
 
-    def __init__(self, data_shape: tuple[int, ...], hidden: list[int], network: Network = "mlp"):
+    def __init__(self, data_shape: tuple[int, ...], hidden: list[int], network: Network = "mlp",
+                 activation: Activation = "relu"):
         super().__init__()
         self.data_shape = tuple(data_shape)
         if network == "conv":
@@ -79,7 +84,7 @@ class Encoder(nn.Module):
         else:
             self.conv = nn.Flatten()
             n_in = math.prod(self.data_shape)
-        self.mlp = mlp([n_in, *hidden], final_activation=True)
+        self.mlp = mlp([n_in, *hidden], final_activation=True, activation=activation)
         self.out_features = hidden[-1] if hidden else n_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,19 +95,20 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     """z ``[..., latent_dim]`` -> likelihood parameters ``[..., *data_shape]`` (MLP, or the encoder's
-    convs mirrored as transposed convs last)."""
+    convs mirrored as transposed convs last); ``activation`` between the fully connected layers."""
 
-    def __init__(self, latent_dim: int, hidden: list[int], data_shape: tuple[int, ...], network: Network = "mlp"):
+    def __init__(self, latent_dim: int, hidden: list[int], data_shape: tuple[int, ...], network: Network = "mlp",
+                 activation: Activation = "relu"):
         super().__init__()
         self.data_shape = tuple(data_shape)
         if network == "conv":
             channels, h, w = _conv_layout(self.data_shape)
             self.grid = (channels[-1], h, w)
-            self.mlp = mlp([latent_dim, *hidden, math.prod(self.grid)], final_activation=True)
+            self.mlp = mlp([latent_dim, *hidden, math.prod(self.grid)], final_activation=True, activation=activation)
             self.deconv = nn.Sequential(*_stride2(nn.ConvTranspose2d, [*reversed(channels), self.data_shape[0]], False))
         else:
             self.grid = None
-            self.mlp = mlp([latent_dim, *hidden, math.prod(self.data_shape)])
+            self.mlp = mlp([latent_dim, *hidden, math.prod(self.data_shape)], activation=activation)
             self.deconv = nn.Identity()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

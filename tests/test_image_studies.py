@@ -1,0 +1,155 @@
+"""The pieces of the image studies: input corruption (a denoising guide), training-set selection,
+the latent-space measures, the anomaly scores, and ``ppl-vae explore``."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ppl_vae import ConfigError, GUIDES, MODELS, TrainConfig, Trainer
+from ppl_vae.anomaly import png_nats, roc_auc, scores
+from ppl_vae.cli import main
+from ppl_vae.corruption import corrupt, corrupted_inputs
+from ppl_vae.data import Dataset, digits
+from ppl_vae.experiment import run
+from ppl_vae.latent_space import cluster_scores, line, nearest_distance, plane
+
+
+def test_gaussian_and_masking_noise_have_their_level():
+    x = torch.full((200, 1, 10, 10), 0.5)
+    assert torch.equal(corrupt(x, "none", 0.9), x) and torch.equal(corrupt(x, "gaussian", 0.0), x)
+    noisy = corrupt(x, "gaussian", 0.1, torch.Generator().manual_seed(0))
+    assert (noisy - x).std().item() == pytest.approx(0.1, rel=0.05) and 0 <= noisy.min() and noisy.max() <= 1
+    masked = corrupt(x, "masking", 0.3, torch.Generator().manual_seed(0))
+    assert (masked == 0).float().mean().item() == pytest.approx(0.3, abs=0.02)
+    assert torch.equal(masked[masked > 0], x[masked > 0])  # the rest untouched
+    with pytest.raises(ConfigError, match="masked fraction"):
+        corrupt(x, "masking", 1.0)
+    with pytest.raises(ConfigError, match="out of range"):
+        TrainConfig(input_noise="masking", noise_level=1.0)
+
+
+class Spy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x)
+
+
+def test_corrupted_inputs_feed_the_guide_corrupt_x_only_inside_the_block():
+    guide, x = Spy(), torch.ones(4, 50)
+    with corrupted_inputs(guide, "masking", 0.5):
+        guide(x)
+    guide(x)
+    assert 0 < (guide.seen[0] == 0).sum() < x.numel() and torch.equal(guide.seen[1], x)
+    assert torch.equal(x, torch.ones(4, 50))  # the caller's tensor (what the model observes) is untouched
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "masking"])
+def test_a_denoising_pair_trains_the_same_captured_and_eager(tiny_data, noise):
+    """The corruption's draws stay live in the captured graph: the captured run is the eager run,
+    and it differs from training on clean inputs."""
+    data = tiny_data(n=44)
+
+    def fit(**options):
+        torch.manual_seed(0)
+        model = MODELS["vae"](data.data_shape, latent_dim=2, hidden=[8])
+        config = TrainConfig(epochs=3, batch_size=8, lr=1e-2, **options)
+        return [{k: v for k, v in row.items() if isinstance(v, float)} for row in Trainer(model, GUIDES["gaussian"](model), data, config).fit()]
+
+    captured, eager = (fit(input_noise=noise, noise_level=0.4, capture=c) for c in (True, False))
+    for a, b in zip(captured, eager):
+        assert all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6) for k in a)
+    assert captured[-1]["train_loss"] != pytest.approx(fit()[-1]["train_loss"], rel=1e-4)
+
+
+def test_training_selection_leaves_the_held_out_split_alone():
+    full, without = digits(), digits(exclude_labels=3)
+    assert torch.equal(full.test, without.test) and (without.test_labels == 3).any()
+    assert not (without.train_labels == 3).any()
+    assert len(without.train) == int((full.train_labels != 3).sum()) == len(without.train_eval)
+    small = digits(train_size=100, exclude_labels=[0, 1])
+    assert len(small.train) == 100 and not torch.isin(small.train_labels, torch.tensor([0, 1])).any()
+    with pytest.raises(ConfigError, match="only .* training examples are left"):
+        digits(train_size=10_000)
+    with pytest.raises(ConfigError, match="needs labelled data"):
+        from ppl_vae.data import select_training
+        select_training(Dataset("t", torch.zeros(4, 2), torch.zeros(2, 2)), exclude_labels=1)
+
+
+def test_cluster_scores_are_one_for_separated_classes_and_near_zero_for_noise():
+    labels = torch.arange(10).repeat(30)
+    separated = torch.nn.functional.one_hot(labels).float() * 10 + 0.1 * torch.randn(300, 10)
+    assert cluster_scores(separated, labels) == {"ari": pytest.approx(1.0), "nmi": pytest.approx(1.0)}
+    noise = cluster_scores(torch.randn(300, 2), labels)
+    assert abs(noise["ari"]) < 0.05 and noise["nmi"] < 0.15
+
+
+def test_nearest_distance_is_the_rms_distance_to_the_closest_allowed_reference():
+    reference = torch.stack([torch.zeros(4), torch.ones(4), torch.full((4,), 0.5)])
+    images = torch.tensor([[0.1, 0.1, 0.1, 0.1], [1.0, 1.0, 1.0, 0.0]])
+    assert nearest_distance(images, reference).tolist() == pytest.approx([0.1, 0.5])
+    excluded = torch.tensor([[True, False, False], [False, False, False]])
+    assert nearest_distance(images, reference, excluded)[0].item() == pytest.approx(0.4)
+
+
+def test_lines_and_planes():
+    ends = line(torch.zeros(1, 2), torch.ones(1, 2), 5)
+    assert ends.shape == (1, 5, 2) and ends[0, 2].tolist() == [0.5, 0.5]
+    prior = plane(3)
+    assert prior.shape == (9, 2) and prior[0].tolist() == pytest.approx([-1.6449, 1.6449], abs=1e-3)  # top left
+    code = torch.stack([torch.linspace(0, 10, 101), torch.linspace(-1, 1, 101)], 1)
+    assert plane(3, code, (0.0, 1.0))[-1].tolist() == pytest.approx([10.0, -1.0])  # bottom right
+
+
+def test_roc_auc_and_complexity():
+    truth = torch.tensor([0, 0, 1, 1]).bool()
+    assert roc_auc(torch.tensor([0.1, 0.2, 0.8, 0.9]), truth) == 1.0
+    assert roc_auc(torch.tensor([0.9, 0.8, 0.2, 0.1]), truth) == 0.0
+    blank, busy = torch.zeros(1, 1, 28, 28), torch.bernoulli(torch.full((1, 1, 28, 28), 0.5))
+    assert png_nats(busy).item() > 2 * png_nats(blank).item()
+
+
+def test_every_anomaly_score_is_higher_for_an_input_the_model_cannot_explain(tiny_pair):
+    model, guide = tiny_pair("vae", "gaussian", (1, 4, 4))
+    x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.5))
+    found = scores(model, guide, x, iw_samples=20)
+    assert set(found) == {"recon", "neg_elbo", "neg_log_px", "complexity_corrected"}
+    assert all(s.shape == (6,) and torch.isfinite(s).all() for s in found.values())
+    assert (found["neg_elbo"] >= found["neg_log_px"] - 0.5).all()  # the IW bound is the tighter one, up to noise
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("explore") / "run"
+    run("latent2d", out, ["grid.method=[\"vae\"]", "grid.model.latent_dim=[2]"], quick_run=True, progress=False)
+    return out
+
+
+def test_explore_draws_interpolations_and_traversals_for_a_finished_run(image_run, capsys):
+    from PIL import Image
+
+    assert main(["explore", str(image_run), "--steps", "6", "--rows", "3"]) == 0
+    written = capsys.readouterr().out.split()
+    assert [p.rsplit("/", 1)[1] for p in written] == ["interpolation.png", "traversal.png"]
+    sizes = []
+    for path in written:
+        with Image.open(path) as image:
+            sizes.append(image.size)
+    # 28 x 28 images and 2 px padding: 6 steps by 3 pairs; 9 values by the 2 latent dimensions
+    assert sizes == [(6 * 30 + 2, 3 * 30 + 2), (9 * 30 + 2, 2 * 30 + 2)]
+    assert main(["explore", str(image_run), "--pairs", "0:1", "--cell", "latent_dim=2__method=vae"]) == 0
+
+
+def test_explore_errors_name_the_problem(image_run, tmp_path, capsys):
+    assert main(["explore", str(tmp_path)]) == 2
+    assert "neither a run folder" in capsys.readouterr().err
+    assert main(["explore", str(image_run), "--cell", "nope"]) == 2
+    assert "has no cell 'nope'" in capsys.readouterr().err
+    assert main(["explore", str(image_run), "--pairs", "0:999"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert main(["explore", str(image_run), "--between", "one:seven"]) == 2
+    assert "A:B" in capsys.readouterr().err
