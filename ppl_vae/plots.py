@@ -136,12 +136,14 @@ def histogram_grid(panels: list[list[tuple[str, dict[str, np.ndarray]]]], path: 
 
 def train_test_curves(series: dict[str, tuple[list[float], list[float], list[float]]], path: str | Path,
                       xlabel: str, ylabel: str, title: str = "") -> Path:
-    """Per ``{name: (x, train, held-out)}``: the train values dashed and the held-out solid, one colour each."""
+    """Per ``{name: (x, train, held-out)}``: the train values dashed and the held-out solid, one colour
+    each, on a scale that is logarithmic above 10 (a memorised training set's loss goes to 0)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, (name, (x, train, test)) in enumerate(series.items()):
         ax.plot(x, test, "-", color=f"C{i}", label=name)
         ax.plot(x, train, "--", color=f"C{i}")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.set_yscale("symlog", linthresh=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)

@@ -41,6 +41,20 @@ def results(folder):
 SLOW_QUICK = {"dsprites-beta-gpu"}
 
 
+#: per image study: a header of its report's table, columns of results.csv, figures of the run folder
+STUDY_OUTPUT = {
+    "latent2d": ("| k-means ARI | k-means NMI |", ("ari", "nmi", "inner_distance", "plane_share"),
+                 ("code_maps.png", "plane_vae.png", "interpolation_1_to_7.png")),
+    "code-size": ("| code size | AE recon |", ("recon_mse",), ("code_size.png",)),
+    "denoise": ("| noise | level | input |", ("mse_clean", "mse_gaussian_0.5", "mse_masking_0.75"),
+                ("denoise_gaussian.png", "denoise_masking.png")),
+    "anomaly": ("| left-out digit |", ("auc_recon", "auc_neg_elbo", "auc_neg_log_px", "auc_complexity_corrected",
+                                      "auc_likelihood_ratio"),
+                ("score_histograms.png",)),
+    "overfit": ("| recon gap |", (), ("train_vs_held_out.png",)),
+}
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_QUICK else n
                                   for n in sorted(bundled())])
 def test_bundled_experiment_runs_quick(name, tmp_path, fake_mnist):
@@ -65,6 +79,15 @@ def test_bundled_experiment_runs_quick(name, tmp_path, fake_mnist):
         assert (folder / "figures" / "reconstructions.png").is_file() == images
         small = min(s["latent_dims"].values()) <= 2  # a 1-D or 2-D latent site
         assert (folder / "figures" / "aggregate_posterior.png").is_file() == small
+    if name in STUDY_OUTPUT:  # the study's table, its measured columns and its figures
+        table, columns, figures = STUDY_OUTPUT[name]
+        assert table in (out / "report.md").read_text() and "## Checks" in (out / "report.md").read_text()
+        assert set(columns) <= set(results(out)[0])
+        assert all((out / "figures" / f).is_file() for f in figures)
+    if name == "anomaly":  # the ROC-AUC table in long form: a row per left-out digit and score
+        lines = (out / "roc_auc.csv").read_text().splitlines()
+        assert lines[0] == "held_out_digit,score,roc_auc" and len(lines) == 1 + 2 * 5
+        assert all(0 <= float(line.split(",")[2]) <= 1 for line in lines[1:])
     if name == "dsprites-beta":  # the study's measure reaches summary.json and results.csv; baselines in scores.csv
         assert {"method", "beta_vae_score", "factor_vae_score", "mig"} <= set(results(out)[0])
         assert all(0 <= s[k] <= 1 for s in summaries for k in ("beta_vae_score", "factor_vae_score", "mig"))

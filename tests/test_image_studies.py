@@ -113,11 +113,23 @@ def test_roc_auc_and_complexity():
     assert png_nats(busy).item() > 2 * png_nats(blank).item()
 
 
+def test_the_local_pixel_model_is_a_normalised_density_of_binary_images():
+    """Over all 2^9 binary 3 x 3 images its probabilities sum to one; it learns that strokes continue."""
+    from ppl_vae.anomaly import LocalPixelModel
+
+    every = torch.tensor([[(i >> b) & 1 for b in range(9)] for i in range(2 ** 9)]).float().reshape(-1, 1, 3, 3)
+    stripes = torch.zeros(20, 1, 3, 3)
+    stripes[:, :, :, 1] = 1  # vertical lines
+    model = LocalPixelModel(stripes)
+    assert model.log_prob(every).exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert model.log_prob(stripes[:1]) > model.log_prob(stripes[:1].transpose(-1, -2))  # a horizontal line is unlikely
+
+
 def test_every_anomaly_score_is_higher_for_an_input_the_model_cannot_explain(tiny_pair):
     model, guide = tiny_pair("vae", "gaussian", (1, 4, 4))
     x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.5))
-    found = scores(model, guide, x, iw_samples=20)
-    assert set(found) == {"recon", "neg_elbo", "neg_log_px", "complexity_corrected"}
+    found = scores(model, guide, x, x, iw_samples=20)
+    assert set(found) == {"recon", "neg_elbo", "neg_log_px", "complexity_corrected", "likelihood_ratio"}
     assert all(s.shape == (6,) and torch.isfinite(s).all() for s in found.values())
     assert (found["neg_elbo"] >= found["neg_log_px"] - 0.5).all()  # the IW bound is the tighter one, up to noise
 

@@ -17,6 +17,7 @@ import torch
 from ppl_vae import cell, plots
 from ppl_vae.anomaly import SCORES, roc_auc, scores
 from ppl_vae.experiment_file import diagnostics_config
+from ppl_vae.io import write_text
 from ppl_vae.study import Study, check_line
 
 #: a score "works" for a left-out digit above this ROC-AUC, and "fails" below FAILS
@@ -38,7 +39,7 @@ def scored_inputs(data, config: dict) -> tuple[torch.Tensor, torch.Tensor]:
 def measure(model, guide, data, config: dict) -> dict:
     """ROC-AUC of every score, and the scores themselves (for the histograms)."""
     x, anomalous = scored_inputs(data, config)
-    found = scores(model, guide, x, diagnostics_config(config).iw_samples)
+    found = scores(model, guide, x, data.train_eval, diagnostics_config(config).iw_samples)
     return {**{f"auc_{name}": roc_auc(s, anomalous) for name, s in found.items()},
             "anomaly_scores": {name: [round(v, 3) for v in s.tolist()] for name, s in found.items()},
             "anomalous": anomalous.int().tolist()}
@@ -83,14 +84,18 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
         lines.append(f"- the likelihood ranks the left-out digit as *more* normal than the trained ones for "
                      + ", ".join(f"digit {r['exclude_labels']} (ROC-AUC {r['auc_neg_log_px']:.2f})" for r in simple)
                      + ": Nalisnick et al.'s (2019) effect, a simple image is likely under any model")
-    lines.append(f"- the complexity correction moves the mean ROC-AUC of -log p(x) from {likelihood:.3f} to {corrected:.3f}")
+    lines.append(f"- the corrections move the mean ROC-AUC of -log p(x) from {likelihood:.3f} to {corrected:.3f} "
+                 f"(PNG complexity) and to {means['likelihood_ratio']:.3f} (ratio to the local pixel model)")
     best_per_digit = [max(r[f"auc_{n}"] for n in names) for r in rows]
     lines += ["", "## Checks", "",
               check_line(sum(a > WORKS for a in best_per_digit) >= len(rows) / 2,
                          f"the best score exceeds ROC-AUC {WORKS} for {sum(a > WORKS for a in best_per_digit)} of "
                          f"{len(rows)} left-out digits (at least half asked for)")]
     _histograms(rows, out / "figures" / "score_histograms.png")
-    lines += ["", "Figure: `figures/score_histograms.png` (a row per left-out digit, a column per score)."]
+    write_text(out / "roc_auc.csv", "held_out_digit,score,roc_auc\n" + "".join(
+        f"{r['exclude_labels']},{n},{r[f'auc_{n}']:.4f}\n" for r in rows for n in names))
+    lines += ["", "Figure: `figures/score_histograms.png` (a row per left-out digit, a column per score); "
+              "`roc_auc.csv`: the table as rows of held_out_digit, score, roc_auc."]
     return "\n".join(lines) + "\n"
 
 

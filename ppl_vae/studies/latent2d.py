@@ -8,6 +8,7 @@ axes ``method`` (named variants; the study compares ``ae`` and ``vae``) and ``la
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import torch
@@ -73,44 +74,59 @@ def _figures(out: Path, rows: list[dict]) -> list[str]:
     return [*written, "`figures/interpolation_1_to_7.png` (a row per cell, in the table's order)"]
 
 
-def _fmt(value, digits: int = 3) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
+def _mean_sd(rows: list[dict], key: str, digits: int = 3) -> str:
+    """``mean +- sd`` of ``key`` over rows (seeds); blank where it was not measured."""
+    values = [r[key] for r in rows if r.get(key) is not None]
+    if not values:
+        return ""
+    spread = f" +- {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):.{digits}f}{spread}"
 
 
 def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
-    """The AE/VAE table per code size and the checks: the VAE's in-between points are nearer real
-    digits than the autoencoder's, and so is more of its decoded plane."""
+    """The AE/VAE table per code size (mean +- sd over seeds) and the check at the largest code
+    size: the VAE's in-between points are nearer real digits than the autoencoder's."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: (r["latent_dim"], r["method"])):
+        groups.setdefault((r["latent_dim"], r["method"]), []).append(r)
+    seeds = sorted({r["seed"] for r in rows})
     lines = ["# Autoencoder against VAE: the code as a map", "",
-             f"Held-out digits ({rows[0]['diagnostics_rows']} scored rows). Distances are root-mean-square pixel "
-             "distances from a decoded image to the nearest held-out digit (0 to 1; the pair's own two digits "
-             f"excluded), for {PAIRS} random pairs of digits of different classes: at the midpoint of the line "
-             f"between their codes, over its {STEPS - 2} inner points, and at its ends (the reconstructions). "
-             f"Plane: a {POINTS} x {POINTS} grid over the 2-D code (VAE: the prior's 5%-95% quantiles; AE: its "
-             "codes' 5%-95% range), its mean distance and the share of its images as near a digit as the "
-             "method's reconstructions are on average. k-means with k = 10 on the held-out codes against the "
-             "digit labels: adjusted Rand index and normalised mutual information.", "",
+             f"Held-out digits ({rows[0]['diagnostics_rows']} scored rows); mean +- sd over seeds {seeds}. "
+             "Distances are root-mean-square pixel distances from a decoded image to the nearest held-out digit "
+             f"(0 to 1; the pair's own two digits excluded), for {PAIRS} random pairs of digits of different "
+             f"classes: at the midpoint of the line between their codes, over its {STEPS - 2} inner points, and "
+             f"at its ends (the reconstructions). Plane: a {POINTS} x {POINTS} grid over the 2-D code (VAE: the "
+             "prior's 5%-95% quantiles; AE: its codes' 5%-95% range), its mean distance and the share of its "
+             "images as near a digit as the method's reconstructions are on average. k-means with k = 10 on the "
+             "held-out codes against the digit labels: adjusted Rand index and normalised mutual information.", "",
              "| method | code | -ELBO | recon | recon MSE | midpoint dist. | inner dist. | ends dist. | plane dist. "
              "| plane share | k-means ARI | k-means NMI |", "|" + "---|" * 12]
-    for r in sorted(rows, key=lambda r: (r["latent_dim"], r["method"])):
-        elbo = f"{r['loss']:.2f}" if r["method"] != "ae" else "(no KL)"
-        lines.append(f"| {r['method'].upper()} | {r['latent_dim']} | {elbo} | {r['recon']:.2f} | {r['recon_mse']:.4f} | "
-                     f"{r['midpoint_distance']:.3f} | {r['inner_distance']:.3f} | {r['ends_distance']:.3f} | "
-                     f"{_fmt(r['plane_distance'])} | {_fmt(r['plane_share'], 2)} | {r['ari']:.3f} | {r['nmi']:.3f} |")
+    for (size, method), group in groups.items():
+        elbo = _mean_sd(group, "loss", 2) if method != "ae" else "(no KL)"
+        lines.append(f"| {method.upper()} | {size} | {elbo} | {_mean_sd(group, 'recon', 2)} | "
+                     f"{_mean_sd(group, 'recon_mse', 4)} | "
+                     + " | ".join(_mean_sd(group, k, 3 if "share" not in k else 2) for k in
+                                  ("midpoint_distance", "inner_distance", "ends_distance", "plane_distance",
+                                   "plane_share", "ari", "nmi")) + " |")
+    mean = lambda size, method, key: statistics.fmean(r[key] for r in groups[(size, method)])  # noqa: E731
+    sizes = sorted({size for size, method in groups if {(size, "ae"), (size, "vae")} <= set(groups)})
     lines += ["", "## Checks", ""]
-    for size in sorted({r["latent_dim"] for r in rows}):
-        by = {r["method"]: r for r in rows if r["latent_dim"] == size}
-        if {"ae", "vae"} <= set(by):
-            ae, vae = by["ae"], by["vae"]
-            lines.append(check_line(vae["inner_distance"] < ae["inner_distance"],
-                                    f"{size}-D code: the VAE's in-between points are nearer real digits than the "
-                                    f"autoencoder's ({vae['inner_distance']:.3f} against {ae['inner_distance']:.3f})"))
-            if ae["plane_share"] is not None:
-                lines.append(check_line(vae["plane_share"] > ae["plane_share"],
-                                        f"{size}-D code: more of the VAE's decoded plane looks like its digits "
-                                        f"({vae['plane_share']:.0%} against {ae['plane_share']:.0%})"))
-            lines.append(f"- observed: {size}-D code: k-means ARI {vae['ari']:.3f} (VAE) against {ae['ari']:.3f} (AE), "
-                         f"NMI {vae['nmi']:.3f} against {ae['nmi']:.3f}")
-    lines += ["", "Figures: " + ", ".join(_figures(out, rows)) + "."]
+    if sizes:
+        size = sizes[-1]
+        vae, ae = mean(size, "vae", "inner_distance"), mean(size, "ae", "inner_distance")
+        lines.append(check_line(vae < ae, f"{size}-D code: the VAE's in-between points are nearer real digits "
+                                          f"than the autoencoder's ({vae:.3f} against {ae:.3f}, seed mean)"))
+    for size in sizes:
+        found = [f"in-between distance {mean(size, 'vae', 'inner_distance'):.3f} (VAE) against "
+                 f"{mean(size, 'ae', 'inner_distance'):.3f} (AE)",
+                 f"k-means ARI {mean(size, 'vae', 'ari'):.3f} against {mean(size, 'ae', 'ari'):.3f}",
+                 f"NMI {mean(size, 'vae', 'nmi'):.3f} against {mean(size, 'ae', 'nmi'):.3f}"]
+        if groups[(size, "ae")][0]["plane_share"] is not None:
+            found.append(f"plane share {mean(size, 'vae', 'plane_share'):.0%} against "
+                         f"{mean(size, 'ae', 'plane_share'):.0%}")
+        lines.append(f"- observed, {size}-D code: " + "; ".join(found))
+    first = [group[0] for group in groups.values()]
+    lines += ["", "Figures (seed " + str(first[0]["seed"]) + "): " + ", ".join(_figures(out, first)) + "."]
     return "\n".join(lines) + "\n"
 
 
