@@ -106,6 +106,16 @@ def plane(points: int, code: torch.Tensor | None = None, quantiles: tuple[float,
     return torch.stack([cols.reshape(-1), rows.reshape(-1)], 1)
 
 
+def gaussian_draws(code: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` draws from the Gaussian with the mean and covariance of ``code`` ``[N, D]``: how a user
+    samples an autoencoder, which has no prior of its own (the VAE's draws come from its prior)."""
+    fitted = torch.distributions.MultivariateNormal(code.mean(0), torch.cov(code.T) + 1e-5 * torch.eye(code.shape[1],
+                                                                                                      device=code.device))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return fitted.sample((n,))
+
+
 @torch.no_grad()
 def reconstruction_error(model, guide, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared pixel error between the reconstruction of ``x`` (the mean of p(x | z) at

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import save_image  # noqa: E402
@@ -87,6 +88,9 @@ def curves(x: list[float], series: dict[str, list[float]], path: str | Path, xla
         ax.plot(x, ys, style, lw=1, label=name)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xscale="log" if logx else "linear",
            yscale="log" if logy else "linear")
+    if logx:  # the measured x values as plain tick labels, not powers of ten
+        ax.set_xticks(x, [f"{v:g}" for v in x], minor=False)
+        ax.xaxis.set_minor_locator(NullLocator())
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -43,7 +43,7 @@ SLOW_QUICK = {"dsprites-beta-gpu"}
 
 #: per image study: a header of its report's table, columns of results.csv, figures of the run folder
 STUDY_OUTPUT = {
-    "latent2d": ("| k-means ARI | k-means NMI |", ("ari", "nmi", "inner_distance", "plane_share"),
+    "latent2d": ("| k-means ARI | k-means NMI |", ("ari", "nmi", "inner_distance", "sample_distance", "plane_share"),
                  ("code_maps.png", "plane_vae.png", "interpolation_1_to_7.png")),
     "code-size": ("| code size | AE recon |", ("recon_mse",), ("code_size.png",)),
     "denoise": ("| noise | level | input |", ("mse_clean", "mse_gaussian_0.5", "mse_masking_0.75"),

@@ -105,6 +105,17 @@ def test_lines_and_planes():
     assert plane(3, code, (0.0, 1.0))[-1].tolist() == pytest.approx([10.0, -1.0])  # bottom right
 
 
+def test_gaussian_draws_have_the_codes_mean_and_covariance_and_follow_the_seed():
+    from ppl_vae.latent_space import gaussian_draws
+
+    code = torch.randn(2000, 3) @ torch.tensor([[2.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.5]]) + 4
+    drawn = gaussian_draws(code, 20_000, seed=3)
+    assert torch.allclose(drawn.mean(0), code.mean(0), atol=0.05)
+    assert torch.allclose(torch.cov(drawn.T), torch.cov(code.T), atol=0.1)
+    state = torch.get_rng_state()
+    assert torch.equal(gaussian_draws(code, 20_000, seed=3), drawn) and torch.equal(torch.get_rng_state(), state)
+
+
 def test_roc_auc_and_complexity():
     truth = torch.tensor([0, 0, 1, 1]).bool()
     assert roc_auc(torch.tensor([0.1, 0.2, 0.8, 0.9]), truth) == 1.0

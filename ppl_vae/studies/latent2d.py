@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from ppl_vae import cell, plots
-from ppl_vae.diagnostics import decode
-from ppl_vae.latent_space import (cluster_scores, codes, in_between_distance, interpolation, nearest_distance, plane,
-                                  reconstruction_error)
+from ppl_vae.diagnostics import decode, prior_draws
+from ppl_vae.latent_space import (cluster_scores, codes, gaussian_draws, in_between_distance, interpolation,
+                                  nearest_distance, plane, reconstruction_error)
 from ppl_vae.study import Study, check_line
 
 #: pairs of held-out digits of different classes whose in-between codes are decoded, and points per line
@@ -25,8 +25,10 @@ PAIRS, STEPS = 200, 5
 POINTS = 15
 #: k-means clusters (the ten digits)
 CLUSTERS = 10
-COLUMNS = ("ari", "nmi", "midpoint_distance", "inner_distance", "ends_distance", "plane_distance", "plane_share",
-           "recon_mse")
+#: codes drawn at random and decoded (the VAE's from its prior, the AE's from a Gaussian fitted to its codes)
+DRAWS = 500
+COLUMNS = ("ari", "nmi", "midpoint_distance", "inner_distance", "ends_distance", "sample_distance", "plane_distance",
+           "plane_share", "recon_mse")
 
 
 def _is_autoencoder(config: dict) -> bool:
@@ -43,6 +45,14 @@ def measure(model, guide, data, config: dict) -> dict:
     found = {**cluster_scores(code, labels, CLUSTERS), **{f"{k}_distance": v for k, v in between.items()},
              "recon_mse": reconstruction_error(model, guide, x, reference).mean().item(),
              "plane_distance": None, "plane_share": None}
+    seed = config["train"].get("seed", 0)
+    if _is_autoencoder(config):
+        drawn = gaussian_draws(code, DRAWS, seed)
+    else:
+        with torch.random.fork_rng(devices=[] if x.device.type == "cpu" else [x.device]):
+            torch.manual_seed(seed)
+            drawn = prior_draws(model, DRAWS, x.device)["z"]
+    found["sample_distance"] = nearest_distance(decode(model, {"z": drawn}), reference).mean().item()
     if code.shape[1] == 2:
         grid = plane(POINTS, code if _is_autoencoder(config) else None).to(x.device)
         distance = nearest_distance(decode(model, {"z": grid}), reference)
@@ -95,19 +105,21 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
              "Distances are root-mean-square pixel distances from a decoded image to the nearest held-out digit "
              f"(0 to 1; the pair's own two digits excluded), for {PAIRS} random pairs of digits of different "
              f"classes: at the midpoint of the line between their codes, over its {STEPS - 2} inner points, and "
-             f"at its ends (the reconstructions). Plane: a {POINTS} x {POINTS} grid over the 2-D code (VAE: the "
-             "prior's 5%-95% quantiles; AE: its codes' 5%-95% range), its mean distance and the share of its "
-             "images as near a digit as the method's reconstructions are on average. k-means with k = 10 on the "
+             f"at its ends (the reconstructions). Sampled: {DRAWS} random codes decoded, the VAE's drawn from its "
+             "prior, the AE's from a Gaussian fitted to its held-out codes (it has no prior). Plane: a "
+             f"{POINTS} x {POINTS} grid over the 2-D code (VAE: the prior's 5%-95% quantiles; AE: its codes' "
+             "5%-95% range), its mean distance and the share of its images as near a digit as the method's "
+             "reconstructions are on average. k-means with k = 10 on the "
              "held-out codes against the digit labels: adjusted Rand index and normalised mutual information.", "",
-             "| method | code | -ELBO | recon | recon MSE | midpoint dist. | inner dist. | ends dist. | plane dist. "
-             "| plane share | k-means ARI | k-means NMI |", "|" + "---|" * 12]
+             "| method | code | -ELBO | recon | recon MSE | midpoint dist. | inner dist. | ends dist. | sampled dist. "
+             "| plane dist. | plane share | k-means ARI | k-means NMI |", "|" + "---|" * 13]
     for (size, method), group in groups.items():
         elbo = _mean_sd(group, "loss", 2) if method != "ae" else "(no KL)"
         lines.append(f"| {method.upper()} | {size} | {elbo} | {_mean_sd(group, 'recon', 2)} | "
                      f"{_mean_sd(group, 'recon_mse', 4)} | "
                      + " | ".join(_mean_sd(group, k, 3 if "share" not in k else 2) for k in
-                                  ("midpoint_distance", "inner_distance", "ends_distance", "plane_distance",
-                                   "plane_share", "ari", "nmi")) + " |")
+                                  ("midpoint_distance", "inner_distance", "ends_distance", "sample_distance",
+                                   "plane_distance", "plane_share", "ari", "nmi")) + " |")
     mean = lambda size, method, key: statistics.fmean(r[key] for r in groups[(size, method)])  # noqa: E731
     sizes = sorted({size for size, method in groups if {(size, "ae"), (size, "vae")} <= set(groups)})
     lines += ["", "## Checks", ""]
@@ -116,9 +128,14 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
         vae, ae = mean(size, "vae", "inner_distance"), mean(size, "ae", "inner_distance")
         lines.append(check_line(vae < ae, f"{size}-D code: the VAE's in-between points are nearer real digits "
                                           f"than the autoencoder's ({vae:.3f} against {ae:.3f}, seed mean)"))
+        vae, ae = mean(size, "vae", "sample_distance"), mean(size, "ae", "sample_distance")
+        lines.append(check_line(vae < ae, f"{size}-D code: random codes decode to images nearer real digits for the "
+                                          f"VAE (from its prior) than for the AE (from a Gaussian fitted to its "
+                                          f"codes): {vae:.3f} against {ae:.3f}, seed mean"))
     for size in sizes:
         found = [f"in-between distance {mean(size, 'vae', 'inner_distance'):.3f} (VAE) against "
                  f"{mean(size, 'ae', 'inner_distance'):.3f} (AE)",
+                 f"sampled {mean(size, 'vae', 'sample_distance'):.3f} against {mean(size, 'ae', 'sample_distance'):.3f}",
                  f"k-means ARI {mean(size, 'vae', 'ari'):.3f} against {mean(size, 'ae', 'ari'):.3f}",
                  f"NMI {mean(size, 'vae', 'nmi'):.3f} against {mean(size, 'ae', 'nmi'):.3f}"]
         if groups[(size, "ae")][0]["plane_share"] is not None:
