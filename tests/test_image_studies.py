@@ -148,7 +148,7 @@ def test_every_anomaly_score_is_higher_for_an_input_the_model_cannot_explain(tin
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("explore") / "run"
-    run("latent2d", out, ["grid.method=[\"vae\"]", "grid.model.latent_dim=[2]"], quick_run=True, progress=False)
+    run("latent2d", out, ["grid.method=[\"vae\"]", "grid.model.latent_dim=[2]", "grid.train.seed=[0]"], quick_run=True, progress=False)
     return out
 
 
@@ -164,7 +164,7 @@ def test_explore_draws_interpolations_and_traversals_for_a_finished_run(image_ru
             sizes.append(image.size)
     # 28 x 28 images and 2 px padding: 6 steps by 3 pairs; 9 values by the 2 latent dimensions
     assert sizes == [(6 * 30 + 2, 3 * 30 + 2), (9 * 30 + 2, 2 * 30 + 2)]
-    assert main(["explore", str(image_run), "--pairs", "0:1", "--cell", "latent_dim=2__method=vae"]) == 0
+    assert main(["explore", str(image_run), "--pairs", "0:1", "--cell", "latent_dim=2__seed=0__method=vae"]) == 0
 
 
 def test_explore_errors_name_the_problem(image_run, tmp_path, capsys):
