@@ -62,7 +62,7 @@ def measure(model, guide, data, config: dict) -> dict:
     return found
 
 
-def _figures(out: Path, rows: list[dict]) -> list[str]:
+def _figures(out: Path, rows: list[dict], configs: dict[str, dict]) -> list[str]:
     """Code maps and decoded planes of the 2-D cells; 1 -> 7 interpolations of every cell."""
     figures, maps, written, strips = out / "figures", {}, [], []
     for row in rows:
@@ -72,7 +72,7 @@ def _figures(out: Path, rows: list[dict]) -> list[str]:
         if row["latent_dim"] == 2:
             code = codes(guide, x)
             maps[name] = (code, labels)
-            grid = plane(POINTS, code if row["method"] == "ae" else None)
+            grid = plane(POINTS, code if _is_autoencoder(configs[row["cell"]]) else None)
             plots.image_grid(decode(model, {"z": grid}), figures / f"plane_{row['method']}.png", nrow=POINTS)
             written.append(f"`figures/plane_{row['method']}.png`")
         one, seven = (labels == 1).nonzero()[0], (labels == 7).nonzero()[0]
@@ -143,7 +143,8 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
                          f"{mean(size, 'ae', 'plane_share'):.0%}")
         lines.append(f"- observed, {size}-D code: " + "; ".join(found))
     first = [group[0] for group in groups.values()]
-    lines += ["", "Figures (seed " + str(first[0]["seed"]) + "): " + ", ".join(_figures(out, first)) + "."]
+    configs = {r["cell"]: c for r, c in zip(rows, cells)}
+    lines += ["", f"Figures (seed {first[0]['seed']}): " + ", ".join(_figures(out, first, configs)) + "."]
     return "\n".join(lines) + "\n"
 
 
