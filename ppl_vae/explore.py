@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ppl_vae import cell as cells_
 from ppl_vae import plots
+from ppl_vae.cell import read, restore
 from ppl_vae.collapse import latent_traversal
 from ppl_vae.experiment_file import cells
 from ppl_vae.latent_space import interpolation
@@ -36,7 +36,7 @@ def cell_folders(folder: str | Path, name: str | None = None) -> list[Path]:
     if not record.is_file():
         raise ConfigError(f"{folder} is neither a run folder (no experiment.json) nor a cell folder (no config.json "
                           "and checkpoint.pt): give the --out of a finished run")
-    config = cells_.read(record, lambda p: json.loads(p.read_text()), "")["config"]
+    config = read(record, lambda p: json.loads(p.read_text()), "")["config"]
     found = [c for c in cells(config) if name in (None, c.name)]
     if not found:
         raise ConfigError(f"{folder} has no cell {name!r}; its cells: {', '.join(c.name for c in cells(config))}")
@@ -71,7 +71,7 @@ def explore(folder: str | Path, cell: str | None = None, between: tuple[int, int
     """
     written = []
     for path in cell_folders(folder, cell):
-        data, model, guide = cells_.restore(path)
+        data, model, guide = restore(path)
         if len(model.data_shape) != 3:
             raise ConfigError(f"{path}: explore draws images, but this run's data are vectors of shape "
                               f"{model.data_shape}")

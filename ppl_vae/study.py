@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -89,6 +90,14 @@ def best_per_cell(rows: list[dict], keys: tuple[str, ...], score: str = "loss") 
         if key not in best or row[score] < best[key][score]:
             best[key] = row
     return best
+
+
+def mean_sd(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    """``mean +- sd`` of ``values`` (over seeds) times ``scale``; the mean alone for one value, blank for none."""
+    if not values:
+        return ""
+    mean = statistics.fmean(values) * scale
+    return f"{mean:.{digits}f}" + (f" +- {statistics.stdev(values) * scale:.{digits}f}" if len(values) > 1 else "")
 
 
 def check_line(ok: bool, text: str) -> str:

@@ -176,3 +176,47 @@ def test_explore_errors_name_the_problem(image_run, tmp_path, capsys):
     assert "out of range" in capsys.readouterr().err
     assert main(["explore", str(image_run), "--between", "one:seven"]) == 2
     assert "A:B" in capsys.readouterr().err
+
+
+def _anomaly_row(digit: int, aucs: dict) -> dict:
+    anomalous = [0, 0, 1, 1]
+    return {"exclude_labels": digit, "anomalous": anomalous, **{f"auc_{n}": a for n, a in aucs.items()},
+            "anomaly_scores": {n: [0.0, 1.0, 2.0, 3.0] for n in aucs}}
+
+
+@pytest.mark.parametrize("works, passes", [(5, True), (4, False)])
+def test_the_anomaly_report_names_the_winner_the_failures_and_checks_half_the_digits(tmp_path, works, passes):
+    """Crafted ROC-AUCs: the check counts the digits whose best score beats 0.9; the winner is the best mean."""
+    from ppl_vae.anomaly import SCORES
+    from ppl_vae.studies.anomaly import report
+
+    rows = [_anomaly_row(d, {n: (0.95 if d < works and n == "likelihood_ratio" else 0.6) for n in SCORES})
+            for d in range(10)]
+    text = report(tmp_path, rows, [{}] * 10)
+    assert f"- [{'x' if passes else ' '}] {'PASS' if passes else 'FAIL'}: the best score exceeds ROC-AUC 0.9 for {works} of 10" in text
+    assert "On average `likelihood_ratio` wins" in text
+    assert "`recon` fails (ROC-AUC below 0.7) for left-out digit(s): 0 (0.60), 1 (0.60)" in text
+    assert (tmp_path / "roc_auc.csv").read_text().splitlines()[1] == "0,recon,0.6000"
+
+
+def test_the_overfit_report_checks_memorisation_and_the_gaps(tmp_path):
+    """Crafted histories: the 100-digit AE memorises (train far below held-out) and its gap is larger than the VAE's."""
+    import json
+
+    from ppl_vae.studies.overfit import report
+
+    ends = {("ae", "100"): (1.0, 900.0, 1.0, 900.0), ("vae", "100"): (20.0, 300.0, 30.0, 320.0),
+            ("ae", "all"): (50.0, 85.0, 50.0, 85.0), ("vae", "all"): (86.0, 97.0, 104.0, 114.0)}
+    rows = []
+    for (method, size), (train_recon, test_recon, train_loss, test_loss) in ends.items():
+        name = f"method={method}__train_size={size}"
+        (tmp_path / name).mkdir()
+        history = [{"epoch": e, "train_recon": train_recon * 2 / e, "test_recon": test_recon, "train_loss": train_loss * 2 / e,
+                    "test_loss": test_loss} for e in (1, 2)]
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+        rows.append({"cell": name, "method": method, "train_size": size, "epochs": 2})
+    text = report(tmp_path, rows, [{}] * len(rows))
+    assert "- [x] PASS: the AE on 100 digits memorises: train reconstruction 1.00 nats" in text
+    assert "- [x] PASS: on 100 digits the VAE's gap is smaller than the AE's (290.00 against 899.00 nats)" in text
+    assert "| AE | 100 | 2 | 1.00 | 900.00 | 899.00 | | | |" in text
+    assert (tmp_path / "figures" / "train_vs_held_out.png").is_file()

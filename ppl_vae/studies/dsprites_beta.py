@@ -21,7 +21,7 @@ from ppl_vae.disentanglement import (NUM_FIT, beta_vae_score, encoder_means, fac
                                      pca_representation, raw_pixels)
 from ppl_vae.experiment_file import diagnostics_config
 from ppl_vae.io import write_json, write_text
-from ppl_vae.study import Study, check_line
+from ppl_vae.study import Study, check_line, mean_sd
 
 #: Higgins et al. (2017), the dSprites table: their disentanglement metric, % accuracy (mean +- sd)
 PAPER = {"beta-VAE": (99.23, 0.1), "VAE": (61.58, 0.5), "PCA": (84.9, 0.4), "ICA": (42.03, 10.6),
@@ -75,11 +75,6 @@ def baselines(out: Path, config: dict) -> dict[str, dict]:
     return rows
 
 
-def _mean_sd(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
-    mean = statistics.fmean(values) * scale
-    return f"{mean:.{digits}f}" + (f" +- {statistics.stdev(values) * scale:.{digits}f}" if len(values) > 1 else "")
-
-
 def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
     """Metrics per beta (mean +- sd over seeds) and the baselines beside the paper's table; checks
     that beta = 4 uses fewer active dimensions than beta = 1 and that the trained models beat the
@@ -100,10 +95,10 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
     for b, group in by_beta.items():
         paper = PAPER[_method(b)]
         lines.append(f"| {_method(b)} | {b} | {len(group)} | "
-                     f"{_mean_sd([r['beta_vae_score'] for r in group], 100)} | {paper[0]} +- {paper[1]} | "
-                     f"{_mean_sd([r['factor_vae_score'] for r in group], 100)} | "
-                     f"{_mean_sd([r['mig'] for r in group], 1, 3)} | {_mean_sd([r['active_units'] for r in group])} | "
-                     f"{_mean_sd([r['recon'] for r in group])} | {_mean_sd([r['kl'] for r in group])} |")
+                     f"{mean_sd([r['beta_vae_score'] for r in group], 100)} | {paper[0]} +- {paper[1]} | "
+                     f"{mean_sd([r['factor_vae_score'] for r in group], 100)} | "
+                     f"{mean_sd([r['mig'] for r in group], 1, 3)} | {mean_sd([r['active_units'] for r in group])} | "
+                     f"{mean_sd([r['recon'] for r in group])} | {mean_sd([r['kl'] for r in group])} |")
     for name, scores in base.items():
         note = "" if scores.get("converged", True) else " (FastICA stopped before its tolerance)"
         lines.append(f"| {name}{note} | | 1 | {scores['beta_vae_score'] * 100:.1f} | {PAPER[name][0]} +- {PAPER[name][1]} | "

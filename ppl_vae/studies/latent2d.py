@@ -17,7 +17,7 @@ from ppl_vae import cell, plots
 from ppl_vae.diagnostics import decode, prior_draws
 from ppl_vae.latent_space import (cluster_scores, codes, gaussian_draws, in_between_distance, interpolation,
                                   nearest_distance, plane, reconstruction_error)
-from ppl_vae.study import Study, check_line
+from ppl_vae.study import Study, check_line, mean_sd
 
 #: pairs of held-out digits of different classes whose in-between codes are decoded, and points per line
 PAIRS, STEPS = 200, 5
@@ -86,11 +86,7 @@ def _figures(out: Path, rows: list[dict], configs: dict[str, dict]) -> list[str]
 
 def _mean_sd(rows: list[dict], key: str, digits: int = 3) -> str:
     """``mean +- sd`` of ``key`` over rows (seeds); blank where it was not measured."""
-    values = [r[key] for r in rows if r.get(key) is not None]
-    if not values:
-        return ""
-    spread = f" +- {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
-    return f"{statistics.fmean(values):.{digits}f}{spread}"
+    return mean_sd([r[key] for r in rows if r.get(key) is not None], digits=digits)
 
 
 def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
