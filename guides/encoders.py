@@ -33,7 +33,7 @@ class AmortisedGuide(nn.Module):
 
     :param model: the model served; its ``latent_dims`` and ``data_shape`` are read, and its
         ``network_config`` (a ``NetworkConfig``; a model without one gets ``NetworkConfig()``), whose
-        activation the guide's networks take.
+        activation, Gaussian head and width between latent layers the guide's networks take.
     :param hidden: encoder widths (default: the model's ``network_config.hidden``).
     :param network: ``"mlp"`` or ``"conv"`` (default: the model's ``network_config.network``).
     """
@@ -47,7 +47,8 @@ class AmortisedGuide(nn.Module):
         defaults = getattr(model, "network_config", None) or NetworkConfig()
         hidden = list(defaults.hidden if hidden is None else hidden)
         self.latent_dims = dict(model.latent_dims)
-        self.activation = defaults.activation
+        self.activation, self.head_kind = defaults.activation, defaults.head
+        self.top_hidden = defaults.top_hidden
         self._check_support(model)
         self.encoder = Encoder(model.data_shape, hidden, network or defaults.network, self.activation)
         self.build(self.encoder.out_features)
@@ -99,7 +100,7 @@ class GaussianGuide(MeanFieldGuide):
     (Kingma & Welling 2014, Eq. 9; mean-field across sites for deeper models)."""
 
     def head(self, width, dim):
-        return GaussianHead(width, dim)
+        return GaussianHead(width, dim, head=self.head_kind)
 
     def distribution(self, params):
         return dist.Normal(*params).to_event(1)
@@ -143,9 +144,10 @@ class StructuredDLGMGuide(AmortisedGuide):
                 f"this model has {sorted(self.latent_dims)}: use guide 'gaussian' or 'delta'"
             )
         z1, z2 = self.latent_dims["z1"], self.latent_dims["z2"]
-        self.q_z1 = GaussianHead(width, z1)
-        self.q_z2 = nn.Sequential(mlp([z1, width], final_activation=True, activation=self.activation),
-                                  GaussianHead(width, z2))
+        top = self.top_hidden or width  # as wide as the model's p(z1 | z2)
+        self.q_z1 = GaussianHead(width, z1, head=self.head_kind)
+        self.q_z2 = nn.Sequential(mlp([z1, top], final_activation=True, activation=self.activation),
+                                  GaussianHead(top, z2, head=self.head_kind))
 
     def forward(self, x):
         h = self.encoder(x)
@@ -178,7 +180,7 @@ class IAFGuide(AmortisedGuide):
                 return T.conditional_spline(1, context_dim=width, hidden_dims=self.flow_hidden, count_bins=8)
             return T.conditional_affine_autoregressive(dim, context_dim=width, hidden_dims=self.flow_hidden)
 
-        self.heads = nn.ModuleDict({s: GaussianHead(width, d) for s, d in self.latent_dims.items()})
+        self.heads = nn.ModuleDict({s: GaussianHead(width, d, head=self.head_kind) for s, d in self.latent_dims.items()})
         self.flows = nn.ModuleDict({s: nn.ModuleList([step(d) for _ in range(self.num_flows)])
                                     for s, d in self.latent_dims.items()})
 

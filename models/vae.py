@@ -19,7 +19,7 @@ import pyro
 import pyro.distributions as dist
 from torch import nn
 
-from ppl_vae.networks import Activation, Decoder, GaussianHead, Network, NetworkConfig, mlp
+from ppl_vae.networks import Activation, Decoder, GaussianHead, Head, Network, NetworkConfig, mlp
 from ppl_vae.registry import MODELS
 from ppl_vae.models.likelihoods import LIKELIHOODS
 from ppl_vae.models.priors import PRIORS, StandardNormal
@@ -84,25 +84,28 @@ class DLGM(nn.Module):
 def vae(data_shape: tuple[int, ...], latent_dim: int = 32, hidden: list[int] = (512, 256),
         network: Network = "mlp", prior: Prior = "normal", components: int = 10,
         likelihood: Likelihood = "bernoulli", likelihood_scale: float = 0.1,
-        activation: Activation = "relu") -> GaussianVAE:
+        activation: Activation = "relu", head: Head = "scale") -> GaussianVAE:
     """A GaussianVAE; ``components`` applies to the mixture prior, ``likelihood_scale`` to Gaussian likelihoods.
     ``prior = "bernoulli"`` makes the code binary (train it with guide ``bernoulli``). ``activation``:
-    between fully connected layers (``"tanh"``: Burda et al. 2016)."""
+    between fully connected layers (``"tanh"``: Burda et al. 2016); ``head``: what the guide's
+    Gaussian heads output (``GaussianHead``)."""
     return GaussianVAE(Decoder(latent_dim, list(reversed(hidden)), data_shape, network, activation),
                        PRIORS[prior](latent_dim, components), LIKELIHOODS[likelihood](likelihood_scale), data_shape,
-                       NetworkConfig(tuple(hidden), network, activation))
+                       NetworkConfig(tuple(hidden), network, activation, head))
 
 
 @MODELS.register("dlgm")
 def dlgm(data_shape: tuple[int, ...], latent_dim: int = 32, top_latent_dim: int | None = None,
          hidden: list[int] = (512, 256), network: Network = "mlp", likelihood: Likelihood = "bernoulli",
-         likelihood_scale: float = 0.1, activation: Activation = "relu") -> DLGM:
+         likelihood_scale: float = 0.1, activation: Activation = "relu", head: Head = "scale",
+         top_hidden: int | None = None) -> DLGM:
     """A 2-layer DLGM: z2 (``top_latent_dim``, default ``latent_dim``) -> z1 (``latent_dim``) -> x;
-    p(z1 | z2) has one hidden layer of width ``hidden[-1]``."""
+    p(z1 | z2) has one hidden layer of width ``top_hidden`` (default ``hidden[-1]``), as does the
+    structured guide's q(z2 | z1); ``head``: what their Gaussian heads output (``GaussianHead``)."""
     top = top_latent_dim or latent_dim
-    width = hidden[-1] if hidden else 64
+    width = top_hidden or (hidden[-1] if hidden else 64)
     conditional = nn.Sequential(mlp([top, width], final_activation=True, activation=activation),
-                                GaussianHead(width, latent_dim))
+                                GaussianHead(width, latent_dim, head=head))
     return DLGM(Decoder(latent_dim, list(reversed(hidden)), data_shape, network, activation), conditional,
                 StandardNormal(top), LIKELIHOODS[likelihood](likelihood_scale), data_shape, latent_dim,
-                NetworkConfig(tuple(hidden), network, activation))
+                NetworkConfig(tuple(hidden), network, activation, head, width))

@@ -27,6 +27,7 @@ for such pairs.
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.func import functional_call
 
-from ppl_vae.handlers import KLWeight
+from ppl_vae.handlers import FreeBits, KLWeight
 from ppl_vae.random_state import rng_state, set_rng_state
 
 #: a replayed gradient passes when ||replayed - eager|| <= GRAD_RTOL * ||eager|| + GRAD_ATOL, per parameter
@@ -81,8 +82,8 @@ def _grad_mismatch(names: list[str], replayed: list[torch.Tensor | None], eager:
 
 
 class TrainingLoss:
-    """``loss_and_grads(x, weight, scale)``: the estimator's loss on a batch with KL weight ``weight``
-    (a 0-dim tensor), times ``scale``, with its gradient set as each parameter's ``.grad`` (None
+    """``loss_and_grads(x, weight, scale, release)``: the estimator's loss on a batch with KL weight
+    ``weight`` (a 0-dim tensor) and the ``free_bits`` floors times ``release``, times ``scale``, with its gradient set as each parameter's ``.grad`` (None
     where the loss does not depend on the parameter), as Pyro's ``ELBO.loss_and_grads`` does.
 
     The first batch of each shape runs eagerly with Pyro's validation as the caller has it (on by
@@ -92,10 +93,18 @@ class TrainingLoss:
 
     :param loss_fn: an ``ELBOModule`` (``estimator(model, guide)``).
     :param capture: trace and replay; ``False`` runs every step eagerly.
+    :param free_bits: free-bits nats per dimension by latent site (``handlers.FreeBits``).
+    :param compile: compile each captured graph with Inductor (``torch.compile``), which fuses its
+        element-wise operations into a few loops; a graph that fails to compile, or whose first
+        compiled step differs from the eager one, is replayed uncompiled with a ``CaptureWarning``.
+        ``compile_seconds`` adds up the time spent compiling (Inductor caches compiled graphs on
+        disk, so a second identical cell, in any process, compiles in a fraction of it).
     """
 
-    def __init__(self, loss_fn: nn.Module, capture: bool = True):
-        self.loss_fn, self.capture = loss_fn, capture
+    def __init__(self, loss_fn: nn.Module, capture: bool = True, free_bits: dict[str, float] | None = None,
+                 compile: bool = False):
+        self.loss_fn, self.capture, self.free_bits = loss_fn, capture, dict(free_bits or {})
+        self.compile, self.compile_seconds = compile, 0.0
         self.graphs: dict[tuple, JointGraph | None] = {}  # batch (shape, dtype, device) -> graph
         # the graph's inputs: the pair's parameters and buffers (updated in place by optimiser and
         # load_state_dict, so the same tensors every step)
@@ -104,25 +113,28 @@ class TrainingLoss:
         self.trainable = [i for i, t in enumerate(self.state) if t.requires_grad]
         self.trainable_tensors = [self.state[i] for i in self.trainable]
 
-    def loss_and_grads(self, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    def loss_and_grads(self, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
+                       release: torch.Tensor | None = None) -> torch.Tensor:
         """``scale`` times the loss, detached; each parameter's ``.grad`` is set to its gradient.
 
         :param scale: a 0-dim tensor (1 by default), e.g. 1 / batch size for a per-example objective.
+        :param release: a 0-dim tensor (1 by default) that multiplies the free-bits floors.
         """
         scale = torch.ones((), dtype=x.dtype, device=x.device) if scale is None else scale
+        release = torch.ones((), dtype=x.dtype, device=x.device) if release is None else release
         for t in self.trainable_tensors:  # free the last step's gradients first: their memory serves this step
             t.grad = None
         key = (tuple(x.shape), x.dtype, x.device)
         if key not in self.graphs:
-            return self._first(x, weight, scale, key)
+            return self._first(x, weight, scale, release, key)
         joint = self.graphs[key]
         if joint is None:
             with pyro.validation_enabled(False):
-                loss = self._eager(x, weight) * scale
+                loss = self._eager(x, weight, release) * scale
             self._set_grads(self.trainable, torch.autograd.grad(loss, self.trainable_tensors, allow_unused=True))
             return loss.detach()
         with torch.no_grad():
-            loss, *grads = joint.graph(*self.state, x, weight, scale)
+            loss, *grads = joint.graph(*self.state, x, weight, scale, release)
         self._set_grads(joint.grad_of, grads)
         return loss
 
@@ -130,26 +142,27 @@ class TrainingLoss:
         for i, g in zip(inputs, grads):
             self.state[i].grad = g
 
-    def _eager(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        with KLWeight(weight):
+    def _eager(self, x: torch.Tensor, weight: torch.Tensor, release: torch.Tensor) -> torch.Tensor:
+        with KLWeight(weight), FreeBits(self.free_bits, release):
             return self.loss_fn(x)
 
-    def _first(self, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, key: tuple) -> torch.Tensor:
+    def _first(self, x, weight, scale, release, key: tuple) -> torch.Tensor:
         before = rng_state(x.device)
-        loss = self._eager(x, weight) * scale
+        loss = self._eager(x, weight, release) * scale
         grads = torch.autograd.grad(loss, self.trainable_tensors, allow_unused=True) if loss.requires_grad else ()
         self._set_grads(self.trainable, grads)
         self.graphs[key] = None
         if self.capture and grads:
-            self.graphs[key] = self._capture(x, weight, scale, loss.detach(), grads, before)
+            self.graphs[key] = self._capture((x, weight, scale, release), loss.detach(), grads, before)
         return loss.detach()
 
-    def _capture(self, x, weight, scale, loss, grads, rng_before) -> JointGraph | None:
+    def _capture(self, inputs, loss, grads, rng_before) -> JointGraph | None:
         trainable, grad_of = self.trainable, []
+        x = inputs[0]
 
         def joint(*tensors):
-            *state, x, weight, scale = tensors
-            with KLWeight(weight):
+            *state, x, weight, scale, release = tensors
+            with KLWeight(weight), FreeBits(self.free_bits, release):
                 value = functional_call(self.loss_fn, dict(zip(self.names, state)), (x,)) * scale
             grads = torch.autograd.grad(value, [state[i] for i in trainable], allow_unused=True)
             grad_of[:] = [i for i, g in zip(trainable, grads) if g is not None]  # unused parameters get none
@@ -159,26 +172,50 @@ class TrainingLoss:
 
         try:
             with pyro.validation_enabled(False):
-                graph = make_fx(joint, tracing_mode="fake")(*self.state, x, weight, scale)
+                graph = make_fx(joint, tracing_mode="fake")(*self.state, *inputs)
         except Exception as error:  # noqa: BLE001 — whatever stops the tracer, the pair still runs eagerly
             return self._eagerly(f"the training loss could not be captured and runs eagerly: {_reason(error)}")
         graph.graph.eliminate_dead_code()
         graph.recompile()
         rng_after = rng_state(x.device)
+        mismatch = self._mismatch(graph, inputs, loss, grads, grad_of, rng_before)
+        if mismatch:
+            set_rng_state(rng_after, x.device)
+            return self._eagerly(f"the captured training loss {mismatch} from the same random state; running eagerly")
+        if self.compile:
+            graph = self._compiled(graph, inputs, loss, grads, grad_of, rng_before)
+        set_rng_state(rng_after, x.device)
+        return JointGraph(graph, grad_of)
+
+    def _mismatch(self, graph, inputs, loss, grads, grad_of, rng_before) -> str | None:
+        """Run ``graph`` from the random state the eager step started from; how its loss or a
+        gradient differs from the eager step's, or None."""
+        x, scale = inputs[0], inputs[2]
         set_rng_state(rng_before, x.device)
         with torch.no_grad():
-            replayed, *replayed_grads = graph(*self.state, x, weight, scale)
-        set_rng_state(rng_after, x.device)
+            replayed, *replayed_grads = graph(*self.state, *inputs)
         if not torch.allclose(replayed, loss, rtol=1e-5, atol=1e-5 * scale.abs().item(), equal_nan=True):
-            return self._eagerly(f"the captured training loss gave {replayed.item()} where the pair gives "
-                                 f"{loss.item()} from the same random state; running eagerly")
+            return f"gave {replayed.item()} where the pair gives {loss.item()}"
         replayed_by_input = dict(zip(grad_of, replayed_grads))
-        mismatch = _grad_mismatch([self.names[i] for i in trainable], [replayed_by_input.get(i) for i in trainable],
-                                  list(grads))
+        mismatch = _grad_mismatch([self.names[i] for i in self.trainable],
+                                  [replayed_by_input.get(i) for i in self.trainable], list(grads))
+        return f"gives the pair's loss but not its gradients: {mismatch}" if mismatch else None
+
+    def _compiled(self, graph, inputs, loss, grads, grad_of, rng_before):
+        """``graph`` compiled by Inductor, drawing its random numbers from torch's generator as the
+        eager step does (``fallback_random``), checked like the capture; else ``graph`` with a warning."""
+        started = time.perf_counter()
+        try:
+            compiled = torch.compile(graph, backend="inductor", dynamic=False, fullgraph=True,
+                                     options={"fallback_random": True})
+            mismatch = self._mismatch(compiled, inputs, loss, grads, grad_of, rng_before)
+        except Exception as error:  # noqa: BLE001 — a compiler failure leaves the uncompiled replay
+            mismatch = f"could not be compiled ({_reason(error)})"
+        self.compile_seconds += time.perf_counter() - started
         if mismatch:
-            return self._eagerly(f"the captured training loss gives the pair's loss but not its gradients: "
-                                 f"{mismatch} from the same random state; running eagerly")
-        return JointGraph(graph, grad_of)
+            warnings.warn(f"the captured training loss {mismatch}; replaying it uncompiled", CaptureWarning, stacklevel=5)
+            return graph
+        return compiled
 
     @staticmethod
     def _eagerly(reason: str) -> None:

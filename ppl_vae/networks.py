@@ -17,9 +17,11 @@ from torch import nn
 from torch.nn import functional as F
 
 Network = Literal["mlp", "conv"]
-Activation = Literal["relu", "tanh"]
-#: the nonlinearity between fully connected layers: ReLU by default, tanh as in Burda et al. (2016), Sec. 5
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+Activation = Literal["relu", "tanh", "elu"]
+Head = Literal["scale", "variance"]
+#: the nonlinearity between fully connected layers: ReLU by default, tanh as in Burda et al. (2016), Sec. 5,
+#: ELU (Clevert et al. 2016) as in Shu's "Autoencoding a Single Bit"
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class NetworkConfig:
     hidden: tuple[int, ...] = (256,)  # encoder widths, input side first
     network: Network = "mlp"  # "mlp", or "conv" for images
     activation: Activation = "relu"  # between the fully connected layers (conv stacks keep ReLU)
+    head: Head = "scale"  # what a Gaussian head's softplus outputs: the standard deviation, or the variance
+    top_hidden: int | None = None  # width of the networks between two latent layers (2-layer models); None = hidden[-1]
 
 
 def mlp(sizes: list[int], final_activation: bool = False, activation: Activation = "relu") -> nn.Sequential:
@@ -120,13 +124,21 @@ class Decoder(nn.Module):
 
 
 class GaussianHead(nn.Module):
-    """features -> (loc, scale) of a diagonal Gaussian; scale = softplus(.) + min_scale."""
+    """features -> (loc, scale) of a diagonal Gaussian. ``head = "scale"``: scale = softplus(.) +
+    min_scale; ``"variance"``: scale = sqrt(softplus(.) + min_scale^2), the softplus giving the
+    variance (as Shu's single-bit code does): at the same output the two differ, and with them
+    the scale a fresh network starts from (softplus(0) = 0.69 is a standard deviation of 0.69
+    or 0.83) and how fast it can shrink."""
 
-    def __init__(self, in_features: int, out_features: int, min_scale: float = 1e-4):
+    def __init__(self, in_features: int, out_features: int, min_scale: float = 1e-4, head: Head = "scale"):
         super().__init__()
+        if head not in ("scale", "variance"):
+            raise ValueError(f"head {head!r} is not a Gaussian head: use 'scale' or 'variance'")
         self.linear = nn.Linear(in_features, 2 * out_features)
-        self.min_scale = min_scale
+        self.min_scale, self.head = min_scale, head
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, raw_scale = self.linear(h).chunk(2, dim=-1)
-        return loc, F.softplus(raw_scale) + self.min_scale
+        loc, raw = self.linear(h).chunk(2, dim=-1)
+        if self.head == "variance":
+            return loc, (F.softplus(raw) + self.min_scale ** 2).sqrt()
+        return loc, F.softplus(raw) + self.min_scale

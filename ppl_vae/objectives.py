@@ -99,22 +99,31 @@ class ElboEstimator(DeviceELBO, Trace_ELBO):
         yield from super()._get_traces(model, guide, args, kwargs)
 
     def _site_term(self, model_site, guide_site) -> torch.Tensor:
-        """-KL of one latent site, summed over the batch, with the site's scale (the KL weight)."""
-        if not (self.analytic_kl or self.free_bits):
+        """-KL of one latent site, summed over the batch, with the site's scale (the KL weight).
+
+        The free-bits floor is the site's own (``infer["free_bits"]``, set by ``handlers.FreeBits``;
+        a tensor that a schedule may lower to 0) or else the estimator's ``free_bits``."""
+        free_bits = guide_site["infer"].get("free_bits", self.free_bits)
+        if not (self.analytic_kl or torch.is_tensor(free_bits) or free_bits):
             return model_site["log_prob_sum"] - guide_site["log_prob_sum"]  # log p - log q, already summed
         q = guide_site["fn"]
         kl, kl_dims = site_kl(q, model_site["fn"], guide_site["value"], self.analytic_kl)
-        if self.free_bits:
+        if torch.is_tensor(free_bits) or free_bits:
             # per dimension where the site factorises, else for the site as a whole
             per_dim = (kl_dims if kl_dims is not None else kl.unsqueeze(-1)).reshape(kl.numel(), -1)
-            floor = self.free_bits * (1 if kl_dims is not None else q.event_shape.numel())
-            kl = per_dim.mean(0).clamp(min=floor).sum() * kl.numel()
+            floor = free_bits * (1 if kl_dims is not None else q.event_shape.numel())
+            floored = per_dim.mean(0).clamp(min=floor).sum() * kl.numel()
+            # a floor of 0 is the plain KL: a Monte Carlo KL's batch mean can be negative, which the clamp would lift
+            kl = torch.where(free_bits > 0, floored, kl.sum()) if torch.is_tensor(free_bits) else floored
         return -scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
 
     def _elbo_particle(self, model_trace, guide_trace) -> torch.Tensor:
         sites = [(name, site) for name, site in model_trace.nodes.items() if site["type"] == "sample"]
         if not all(guide_trace.nodes[n]["fn"].has_rsample for n, s in sites if not s["is_observed"]):
-            for option, on in (("estimator 'analytic'", self.analytic_kl), ("free bits", self.free_bits)):
+            floors = [self.free_bits] + [guide_trace.nodes[n]["infer"].get("free_bits", 0.0) for n, s in sites
+                                         if not s["is_observed"]]
+            for option, on in (("estimator 'analytic'", self.analytic_kl),
+                               ("free bits", any(torch.is_tensor(f) or f for f in floors))):
                 if on:
                     raise IncompatiblePairError(
                         f"{option} needs a reparameterised guide; this guide samples a latent that is not "

@@ -24,7 +24,7 @@ from ppl_vae.config import TrainConfig
 from ppl_vae.corruption import corrupted_inputs
 from ppl_vae.data import Dataset
 from ppl_vae.diagnostics import evaluate
-from ppl_vae.handlers import KLSchedule
+from ppl_vae.handlers import FreeBitsRelease, KLSchedule
 from ppl_vae.io import load_tensors, save_tensors
 from ppl_vae.models.likelihoods import check_data
 from ppl_vae.nonfinite import EpochSnapshot, NonFiniteLossError, step_error, unexplained_error
@@ -87,9 +87,11 @@ class Trainer:
         self.optimizer = adam(self.loss_fn.parameters(), config.lr)
         gamma = (config.lr_final / config.lr) ** (1 / total) if config.lr_final else 1.0
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma)
-        self.loss = TrainingLoss(self.loss_fn, config.capture)
+        self.loss = TrainingLoss(self.loss_fn, config.capture, config.free_bits_sites, config.compile)
         self.kl_weight = torch.zeros((), device=self.device)  # inputs of the captured loss, set each step
         self.scale = torch.ones((), device=self.device, dtype=self.data.train.dtype)
+        self.release = torch.ones((), device=self.device, dtype=self.data.train.dtype)
+        self.free_bits_release = FreeBitsRelease(round(config.free_bits_release * total))
         self.kl_schedule = KLSchedule(config.kl_schedule, config.kl_weight,
                                       round(config.kl_warmup_epochs * self.steps_per_epoch), total, config.kl_cycles)
         self.epoch, self.step, self.history = 0, 0, []
@@ -127,7 +129,8 @@ class Trainer:
         """One optimiser step on batch ``x``; its summed training objective."""
         self.kl_weight.fill_(self.kl_schedule(self.step))
         self.scale.fill_(1 / len(x))  # the objective per example
-        loss = self.loss.loss_and_grads(x, self.kl_weight, self.scale)  # sets each parameter's .grad
+        self.release.fill_(self.free_bits_release(self.step))
+        loss = self.loss.loss_and_grads(x, self.kl_weight, self.scale, self.release)  # sets each parameter's .grad
         if check and not torch.isfinite(loss):
             raise step_error(self.model, self.guide, x, loss, self.step, self.epoch + 1)
         self.optimizer.step()

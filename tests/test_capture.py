@@ -1,6 +1,7 @@
 """The captured training loss: same runs as eager Pyro, eager fallback with a reason, no host reads per step."""
 
 import itertools
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -168,3 +169,92 @@ def test_no_host_reads_per_step(tiny_data, monkeypatch, capture):
         return len(reads)
 
     assert reads_per_epoch(16) == reads_per_epoch(64) <= 2
+
+
+def _three_runs(combination, epochs=3):
+    """Eager, captured and compiled training of one registered pair x estimator from the same seed."""
+    runs = {}
+    for name, options in {"eager": {"capture": False}, "captured": {}, "compiled": {"compile": True}}.items():
+        pyro.set_rng_seed(0)
+        model, guide = combination.build()
+        x = combination.data(40)
+        config = TrainConfig(epochs=epochs, batch_size=16, lr=1e-2, estimator=combination.estimator,
+                             kl_schedule="linear", kl_warmup_epochs=2, **options)
+        runs[name] = Trainer(model, guide, Dataset("t", x[:30], x[30:]), config)
+        runs[name].fit()
+    return runs
+
+
+def _assert_same_runs(a, b):
+    for row_a, row_b in zip(map(flat, a.history), map(flat, b.history), strict=True):
+        assert row_a.keys() == row_b.keys()
+        assert all(row_a[k] == pytest.approx(row_b[k], rel=1e-4, abs=1e-5) for k in row_a)
+    for p, q in zip(a.loss_fn.parameters(), b.loss_fn.parameters(), strict=True):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-5)
+
+
+def _check_compiled(combination):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CaptureWarning)  # a registered pair must capture and compile
+        runs = _three_runs(combination)
+    graphs = [g for g in runs["compiled"].loss.graphs.values() if g is not None]
+    assert graphs and all(not isinstance(g.graph, torch.fx.GraphModule) for g in graphs)  # Inductor's, not the FX replay
+    assert runs["compiled"].loss.compile_seconds > 0 and runs["captured"].loss.compile_seconds == 0
+    _assert_same_runs(runs["captured"], runs["eager"])
+    _assert_same_runs(runs["compiled"], runs["captured"])
+
+
+def test_compiled_run_is_the_captured_and_the_eager_run():
+    """``train.compile``: Inductor's program of the captured graph draws from torch's generator
+    (``fallback_random``), so three epochs with a partial last batch and a changing KL weight give
+    the same history and parameters compiled, captured and eager (within float tolerance: fused
+    loops sum in another order). The full matrix of pairs is a slow test."""
+    from conftest import COMBINATIONS
+
+    (combination,) = [c for c in COMBINATIONS if c.id == "vae-gaussian-mc"]
+    _check_compiled(combination)
+
+
+@pytest.mark.slow
+def test_every_registered_pair_and_estimator_compiles_to_the_same_run(compatible_pair_and_estimator):
+    _check_compiled(compatible_pair_and_estimator)
+
+
+def test_a_graph_that_does_not_compile_is_replayed_uncompiled(tiny_data, monkeypatch):
+    """Where Inductor fails, the captured graph is replayed as it is, with a warning that says so."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    data = tiny_data(n=44)
+    with pytest.warns(CaptureWarning, match=r"could not be compiled \(RuntimeError: no C\+\+ compiler found\); "
+                                            "replaying it uncompiled"):
+        trainer = trainer_for(data, compile=True)
+        trainer.fit()
+    assert all(isinstance(g.graph, torch.fx.GraphModule) for g in trainer.loss.graphs.values())
+    captured = trainer_for(data)
+    captured.fit()
+    _assert_same_runs(trainer, captured)
+
+
+def test_released_free_bits_train_the_same_captured_and_eager(tiny_data):
+    """Per-site free bits on the DLGM's z2 released over half the run: the release factor is an
+    input of the captured graph (changing every step, never frozen), so the captured and eager runs agree."""
+    data = tiny_data(n=44)
+    runs = []
+    for capture in (True, False):
+        pyro.set_rng_seed(0)
+        model = MODELS["dlgm"](data.data_shape, latent_dim=2, top_latent_dim=1, hidden=[8], top_hidden=16,
+                               activation="elu", head="variance")
+        config = TrainConfig(epochs=4, batch_size=8, lr=1e-2, capture=capture, free_bits_sites={"z2": 0.8},
+                             free_bits_release=0.5)
+        runs.append(Trainer(model, GUIDES["structured"](model), data, config))
+        runs[-1].fit()
+    _assert_same_runs(*runs)
+    pyro.set_rng_seed(0)
+    model = MODELS["dlgm"](data.data_shape, latent_dim=2, top_latent_dim=1, hidden=[8], top_hidden=16,
+                           activation="elu", head="variance")
+    held = Trainer(model, GUIDES["structured"](model), data,
+                   TrainConfig(epochs=4, batch_size=8, lr=1e-2, free_bits_sites={"z2": 0.8}))
+    held.fit()
+    assert held.history[-1]["train_objective"] != pytest.approx(runs[0].history[-1]["train_objective"], rel=1e-6)
