@@ -144,10 +144,10 @@ class StructuredDLGMGuide(AmortisedGuide):
                 f"this model has {sorted(self.latent_dims)}: use guide 'gaussian' or 'delta'"
             )
         z1, z2 = self.latent_dims["z1"], self.latent_dims["z2"]
-        top = self.top_hidden or width  # as wide as the model's p(z1 | z2)
+        top = list(self.top_hidden or (width,))  # the widths of the model's p(z1 | z2)
         self.q_z1 = GaussianHead(width, z1, head=self.head_kind)
-        self.q_z2 = nn.Sequential(mlp([z1, top], final_activation=True, activation=self.activation),
-                                  GaussianHead(top, z2, head=self.head_kind))
+        self.q_z2 = nn.Sequential(mlp([z1, *top], final_activation=True, activation=self.activation),
+                                  GaussianHead(top[-1], z2, head=self.head_kind))
 
     def forward(self, x):
         h = self.encoder(x)
@@ -167,17 +167,22 @@ class IAFGuide(AmortisedGuide):
 
     :param flows: number of steps per latent site.
     :param flow_hidden: widths of each step's conditioning network.
+    :param bins: a spline step's bins; ``bound``: the spline bends eps in [-bound, bound] and is the
+        identity outside. A posterior with a hard edge (the single bit's truncated Gaussian) needs
+        the tails inside too: a draw left in the identity tail lands across the edge, which costs
+        about n nats at n replicated bits.
     """
 
     def __init__(self, model: nn.Module, hidden: list[int] | None = None, network: Network | None = None,
-                 flows: int = 2, flow_hidden: list[int] = (32,)):
-        self.num_flows, self.flow_hidden = flows, list(flow_hidden)
+                 flows: int = 2, flow_hidden: list[int] = (32,), bins: int = 8, bound: float = 3.0):
+        self.num_flows, self.flow_hidden, self.bins, self.bound = flows, list(flow_hidden), bins, bound
         super().__init__(model, hidden, network)
 
     def build(self, width):
         def step(dim):
             if dim == 1:
-                return T.conditional_spline(1, context_dim=width, hidden_dims=self.flow_hidden, count_bins=8)
+                return T.conditional_spline(1, context_dim=width, hidden_dims=self.flow_hidden, count_bins=self.bins,
+                                            bound=self.bound)
             return T.conditional_affine_autoregressive(dim, context_dim=width, hidden_dims=self.flow_hidden)
 
         self.heads = nn.ModuleDict({s: GaussianHead(width, d, head=self.head_kind) for s, d in self.latent_dims.items()})

@@ -98,14 +98,15 @@ def vae(data_shape: tuple[int, ...], latent_dim: int = 32, hidden: list[int] = (
 def dlgm(data_shape: tuple[int, ...], latent_dim: int = 32, top_latent_dim: int | None = None,
          hidden: list[int] = (512, 256), network: Network = "mlp", likelihood: Likelihood = "bernoulli",
          likelihood_scale: float = 0.1, activation: Activation = "relu", head: Head = "scale",
-         top_hidden: int | None = None) -> DLGM:
+         top_hidden: list[int] | None = None) -> DLGM:
     """A 2-layer DLGM: z2 (``top_latent_dim``, default ``latent_dim``) -> z1 (``latent_dim``) -> x;
-    p(z1 | z2) has one hidden layer of width ``top_hidden`` (default ``hidden[-1]``), as does the
-    structured guide's q(z2 | z1); ``head``: what their Gaussian heads output (``GaussianHead``)."""
+    p(z1 | z2) has hidden layers of widths ``top_hidden`` (default one of ``hidden[-1]``), as does the
+    structured guide's q(z2 | z1) (Shu's 2-layer VAE: three of width 100 where x's are width 10);
+    ``head``: what their Gaussian heads output (``GaussianHead``)."""
     top = top_latent_dim or latent_dim
-    width = top_hidden or (hidden[-1] if hidden else 64)
-    conditional = nn.Sequential(mlp([top, width], final_activation=True, activation=activation),
-                                GaussianHead(width, latent_dim, head=head))
+    widths = tuple(top_hidden) if top_hidden else (hidden[-1] if hidden else 64,)
+    conditional = nn.Sequential(mlp([top, *widths], final_activation=True, activation=activation),
+                                GaussianHead(widths[-1], latent_dim, head=head))
     return DLGM(Decoder(latent_dim, list(reversed(hidden)), data_shape, network, activation), conditional,
                 StandardNormal(top), LIKELIHOODS[likelihood](likelihood_scale), data_shape, latent_dim,
-                NetworkConfig(tuple(hidden), network, activation, head, width))
+                NetworkConfig(tuple(hidden), network, activation, head, widths))

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import math
 import multiprocessing
 import platform
 import re
 import statistics
 import time
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 
 import pyro
@@ -121,8 +123,10 @@ def _bench_data(kind: str, rows: int, batch_size: int) -> Dataset:
 
 
 def bench_train(batch_size: int, rows: int, rounds: int, device: torch.device, hidden=HIDDEN,
-                latent=LATENT, log=print, network: str = "mlp", data: str = "digits") -> dict:
-    """Median time per step of the hand-written and the toolkit's training epoch at ``batch_size``."""
+                latent=LATENT, log=print, network: str = "mlp", data: str = "digits", compile: bool = True) -> dict:
+    """Median time per step of the hand-written and the toolkit's training epoch at ``batch_size``;
+    ``compile``: also both under ``torch.compile`` (the toolkit's compiled graph checks its first
+    step against the eager one itself, ``capture.TrainingLoss``)."""
     data = _bench_data(data, rows, batch_size)
     train = data.train
 
@@ -142,32 +146,143 @@ def bench_train(batch_size: int, rows: int, rounds: int, device: torch.device, h
         losses[name] = [epoch() for _ in range(3)]  # mean loss of 4 steps, three times over
     loss_rel_diff = max(abs(a - b) / abs(b) for a, b in zip(losses["toolkit"], losses["pytorch"]))
 
-    eager_pair = copy.deepcopy((model, guide))
-    eager = Trainer(*eager_pair, data, TrainConfig(batch_size=batch_size, lr=1e-3, capture=False), device=device)
+    eager = Trainer(*copy.deepcopy((model, guide)), data,
+                    TrainConfig(batch_size=batch_size, lr=1e-3, capture=False), device=device)
     variants = {"pytorch": lambda: hand_written_epoch(hand, hand_optimizer, train, batch_size),
                 "toolkit": trainer.train_epoch, "toolkit-eager": eager.train_epoch}
+    if compile:
+        compiled_hand = copy.deepcopy(hand)
+        compiled_optimizer = adam(compiled_hand.parameters(), 1e-3)
+        compiled_hand_step = torch.compile(compiled_hand)  # Dynamo + Inductor on the forward, AOTAutograd the backward
+        compiled = Trainer(*copy.deepcopy((model, guide)), data,
+                           TrainConfig(batch_size=batch_size, lr=1e-3, compile=True), device=device)
+        variants |= {"pytorch-compiled": lambda: hand_written_epoch(compiled_hand_step, compiled_optimizer, train,
+                                                                    batch_size),
+                     "toolkit-compiled": compiled.train_epoch}
     steps = math.ceil(len(train) / batch_size)
+    times, first = _interleaved(variants, rounds, steps, device, lambda round_, times: log(
+        f"  batch {batch_size} round {round_}/{rounds}: " + ", ".join(f"{n} {t[-1]:.2f}" for n, t in times.items())
+        + " ms/step"))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731
+    compiled_results = {} if not compile else {
+        "compiled_step_ratio": ratio("toolkit-compiled", "pytorch-compiled"),
+        "compiled_over_eager_pytorch": ratio("toolkit-compiled", "pytorch"),
+        # the first (warm-up) epoch's extra time over a timed one: compiling, mostly
+        "compile_s": {"toolkit": compiled.loss.compile_seconds,
+                      "pytorch": first["pytorch-compiled"] - medians["pytorch-compiled"] * steps / 1000}}
+    return {"network": network, "data": data.name, "batch_size": batch_size, "steps_per_round": steps, "rounds": rounds,
+            "ms_per_step": medians, "steps_per_s": {name: 1000 / t for name, t in medians.items()},
+            "ms_per_step_rounds": times,
+            "step_ratio": ratio("toolkit", "pytorch"),
+            "ratio_of_medians": medians["toolkit"] / medians["pytorch"],
+            "eager_step_ratio": ratio("toolkit-eager", "pytorch"), **compiled_results,
+            "loss_check": {"epochs_of_4_steps": losses, "max_rel_diff": loss_rel_diff, "equal": loss_rel_diff < 1e-5}}
+
+
+def _interleaved(variants: dict, rounds: int, steps: int, device: torch.device, log) -> tuple[dict, dict]:
+    """ms per step of each variant per round (round 0 warms up, untimed), in alternating order;
+    and each variant's warm-up time in seconds."""
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for round_ in range(rounds + 1):  # round 0 warms up and is not counted
-        order = list(variants) if round_ % 2 else list(reversed(variants))  # alternating order
+    first = {}
+    for round_ in range(rounds + 1):
+        order = list(variants) if round_ % 2 else list(reversed(variants))
         for name in order:
             _sync(device)
             start = time.perf_counter()
             variants[name]()
             _sync(device)
+            elapsed = time.perf_counter() - start
             if round_:
-                times[name].append((time.perf_counter() - start) / steps * 1000)
+                times[name].append(elapsed / steps * 1000)
+            else:
+                first[name] = elapsed
         if round_:
-            log(f"  batch {batch_size} round {round_}/{rounds}: "
-                + ", ".join(f"{n} {t[-1]:.2f} ms/step" for n, t in times.items()))
+            log(round_, times)
+    return times, first
+
+
+class HandWrittenDLGM(nn.Module):
+    """The single-bit study's 2-layer DLGM in plain PyTorch: q(z1 | x) q(z2 | z1), p(z2) p(z1 | z2)
+    p(x | z1), -ELBO with one-sample Monte Carlo KLs summed over the batch (Rezende et al. 2014)."""
+
+    def __init__(self, encoder, q_z1, q_z2, conditional, decoder):
+        super().__init__()
+        self.encoder, self.q_z1, self.q_z2, self.conditional, self.decoder = encoder, q_z1, q_z2, conditional, decoder
+
+    @classmethod
+    def copy_of(cls, model, guide) -> "HandWrittenDLGM":
+        """A copy of a ``dlgm``/``structured`` pair's networks: the same parameters, separately trained."""
+        return cls(*copy.deepcopy((guide.encoder, guide.q_z1, guide.q_z2, model.conditional, model.decoder)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        loc1, scale1 = self.q_z1(self.encoder(x))
+        eps1 = torch.randn_like(loc1)
+        z1 = loc1 + scale1 * eps1
+        loc2, scale2 = self.q_z2(z1)
+        eps2 = torch.randn_like(loc2)
+        z2 = loc2 + scale2 * eps2
+        prior_loc, prior_scale = self.conditional(z2)
+        log_px = -F.binary_cross_entropy_with_logits(self.decoder(z1), x, reduction="none").sum(-1)
+        log_pz = (-0.5 * (z2.pow(2) + LOG_2PI) - 0.5 * ((z1 - prior_loc) / prior_scale).pow(2)
+                  - prior_scale.log() - 0.5 * LOG_2PI).sum(-1)
+        log_qz = -(0.5 * (eps1.pow(2) + eps2.pow(2)) + scale1.log() + scale2.log() + LOG_2PI).sum(-1)
+        return (log_qz - log_pz - log_px).sum()
+
+
+def single_bit_cell(n: int = 5) -> dict:
+    """The bundled ``single-bit`` study's 2-layer DLGM cell at ``n`` bits, as a cell config."""
+    from ppl_vae import experiment_file
+
+    _, config = experiment_file.load("single-bit")
+    return next(c.config for c in experiment_file.cells(config)
+                if c.values.get("n") == n and c.values.get("family") == "dlgm")
+
+
+def bench_single_bit(n: int, rounds: int, device: torch.device, steps: int = 50, compile: bool = True,
+                     log=print) -> dict:
+    """Full-batch training steps per second of the single-bit study's 2-layer cell: the toolkit
+    (captured; and compiled) against the same model written by hand (eager; and compiled).
+    The plain ELBO on both sides (the cell's free bits off), ``steps`` steps per round."""
+    from ppl_vae.cell import build
+
+    config = single_bit_cell(n)
+    config["train"] = {**config["train"], "free_bits_sites": {}, "free_bits_release": 0.0, "compile": False}
+    data, model, guide, train_config = build(config)
+    pairs = {"toolkit": (model, guide), "toolkit-compiled": copy.deepcopy((model, guide))}
+    hands = {"pytorch": HandWrittenDLGM.copy_of(model, guide).to(device)}
+    if compile:
+        hands["pytorch-compiled"] = HandWrittenDLGM.copy_of(model, guide).to(device)
+    else:
+        del pairs["toolkit-compiled"]
+    trainers = {name: Trainer(*pair, data, dataclass_replace(train_config, compile=name.endswith("compiled")),
+                              device=device) for name, pair in pairs.items()}
+    x = trainers["toolkit"].data.train
+    optimizers = {name: adam(h.parameters(), train_config.lr) for name, h in hands.items()}
+    forwards = {name: torch.compile(h) if name.endswith("compiled") else h for name, h in hands.items()}
+
+    def hand_steps(name):
+        for _ in range(steps):
+            hand_written_epoch(forwards[name], optimizers[name], x, len(x))
+
+    def toolkit_steps(name):
+        for _ in range(steps):
+            trainers[name].train_epoch()
+
+    variants = {name: functools.partial(hand_steps, name) for name in hands}
+    variants |= {name: functools.partial(toolkit_steps, name) for name in trainers}
+    times, first = _interleaved(variants, rounds, steps, device, lambda round_, times: log(
+        f"  single-bit n={n} round {round_}/{rounds}: " + ", ".join(f"{k} {t[-1]:.2f}" for k, t in times.items())
+        + " ms/step"))
     medians = {name: statistics.median(t) for name, t in times.items()}
-    return {"network": network, "data": data.name, "batch_size": batch_size, "steps_per_round": steps, "rounds": rounds,
-            "ms_per_step": medians, "steps_per_s": {name: 1000 / t for name, t in medians.items()},
-            "ms_per_step_rounds": times,
-            "step_ratio": statistics.median(a / b for a, b in zip(times["toolkit"], times["pytorch"])),
-            "ratio_of_medians": medians["toolkit"] / medians["pytorch"],
-            "eager_step_ratio": statistics.median(a / b for a, b in zip(times["toolkit-eager"], times["pytorch"])),
-            "loss_check": {"epochs_of_4_steps": losses, "max_rel_diff": loss_rel_diff, "equal": loss_rel_diff < 1e-5}}
+    ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731
+    result = {"n": n, "rows": len(x), "steps_per_round": steps, "rounds": rounds, "ms_per_step": medians,
+              "steps_per_s": {name: 1000 / t for name, t in medians.items()}, "step_ratio": ratio("toolkit", "pytorch")}
+    if compile:
+        result |= {"compiled_step_ratio": ratio("toolkit-compiled", "pytorch-compiled"),
+                   "compile_s": {"toolkit": trainers["toolkit-compiled"].loss.compile_seconds,
+                                 "pytorch": first["pytorch-compiled"] - medians["pytorch-compiled"] * steps / 1000}}
+    return result
 
 
 def _resident_mib(field: str) -> float:
@@ -240,26 +355,53 @@ def bench_generator(image_size: int, rounds: int, log=print) -> dict:
             "packed_mib": packed.nbytes / 2**20}
 
 
+def bench_sweep(experiment: str, jobs: int, device: torch.device, log=print) -> dict:
+    """Wall time of a whole study (``ppl-vae run EXPERIMENT --jobs JOBS``) into a scratch folder,
+    compiling and diagnostics included."""
+    import tempfile
+
+    from ppl_vae.experiment import run as run_experiment
+
+    with tempfile.TemporaryDirectory() as scratch:
+        start = time.perf_counter()
+        summaries = run_experiment(experiment, Path(scratch) / experiment, device=str(device), jobs=jobs)
+        seconds = time.perf_counter() - start
+    log(f"  {experiment} --jobs {jobs}: {seconds:.0f} s for {len(summaries)} cells")
+    return {"experiment": experiment, "jobs": jobs, "cells": len(summaries), "seconds": seconds}
+
+
 def run(out: str | Path = "runs/bench.json", device: str = "auto", rounds: int = 41, rows: int = 8192,
-        quick: bool = False, log=print) -> dict:
-    """Run every benchmark, print a table and write the results (JSON) to ``out``."""
+        quick: bool = False, sweep: bool = False, jobs: int = 2, log=print) -> dict:
+    """Run every benchmark, print a table and write the results (JSON) to ``out``; ``sweep`` also
+    times the whole ``single-bit`` study with ``jobs`` cells at a time (minutes)."""
     device = resolve_device(device)
     sizes = dict(rows=512, hidden=[32], latent=4) if quick else dict(rows=rows)
     rounds = 1 if quick else rounds
     log(f"training steps, {'quick' if quick else '784-512-512-32 VAE'} on {device}:")
-    train = [bench_train(b, rounds=rounds, device=device, log=log, **sizes) for b in (128, 1024)]
+    train = [bench_train(b, rounds=rounds, device=device, log=log, compile=not quick, **sizes) for b in (128, 1024)]
     log(f"training steps, {'quick' if quick else '64 x 64 conv VAE (Higgins et al. 2017)'} on {device}:")
     conv = dict(rows=128, hidden=[16], latent=2) if quick else dict(rows=640, hidden=CONV["hidden"],
                                                                         latent=CONV["latent"])
-    train.append(bench_train(64, rounds=rounds, device=device, log=log, network="conv", data="dsprites", **conv))
+    train.append(bench_train(64, rounds=rounds, device=device, log=log, network="conv", data="dsprites", compile=False,
+                             **conv))
+    log("single-bit 2-layer cell (full batch):")
+    single_bit = [bench_single_bit(n, rounds=rounds, device=device, steps=2 if quick else 50, compile=not quick, log=log)
+                  for n in ((5,) if quick else (5, 1000))]
     log("dSprites-like generator:")
     generator = [bench_generator(size, 1 if quick else 5, log) for size in (64, 32)]
     log("importance-weighted log-likelihood:")
     iw = bench_iw([200] if quick else [1000, 5000], [50, 100] if quick else [100, 1000], 4 if quick else 20, device,
                   log)
-    result = {"machine": _machine(device), "quick": quick, "train": train, "iw": iw, "generator": generator}
-    result |= {f"step_ratio{'' if r['network'] == 'mlp' else '_' + r['network']}_b{r['batch_size']}": r["step_ratio"]
-               for r in train}
+    result = {"machine": _machine(device), "quick": quick, "train": train, "single_bit": single_bit, "iw": iw,
+              "generator": generator}
+    if sweep:
+        log("single-bit study, whole sweep:")
+        result["sweep"] = bench_sweep("single-bit", jobs, device, log)
+    for r in train:
+        suffix = f"{'' if r['network'] == 'mlp' else '_' + r['network']}_b{r['batch_size']}"
+        result[f"step_ratio{suffix}"] = r["step_ratio"]
+        if "compiled_step_ratio" in r:
+            result[f"compiled_step_ratio{suffix}"] = r["compiled_step_ratio"]
     write_json(out, result)
     log(table(result))
     log(f"written to {out}")
@@ -269,14 +411,35 @@ def run(out: str | Path = "runs/bench.json", device: str = "auto", rounds: int =
 def table(result: dict) -> str:
     """The results as Markdown tables."""
     m = result["machine"]
-    lines = [f"{m['date']}, {m['cpu']} ({m['threads']} threads), {m['device']}, torch {m['torch']}, pyro {m['pyro']}",
-             "", "| network | batch | hand-written PyTorch ms/step | toolkit ms/step | step ratio | ratio of medians "
-             "| equal losses | eager toolkit ms/step | eager step ratio |", "|---|---:|---:|---:|---:|---:|:---:|---:|---:|"]
+    lines = [f"{m['date']}, {m['cpu']} ({m['threads']} threads), {m.get('gpu', m['device'])}, torch {m['torch']}, "
+             f"pyro {m['pyro']}", "",
+             "Step ratio: the toolkit's ms/step over hand-written PyTorch's, the median of per-round ratios; "
+             "compiled: both under `torch.compile` (the toolkit's captured graph through Inductor, "
+             "`train.compile = true`).", "",
+             "| network | batch | hand-written ms/step | toolkit ms/step | step ratio | equal losses "
+             "| hand-written compiled | toolkit compiled | compiled step ratio | compile s (hand / toolkit) "
+             "| eager toolkit ms/step | eager step ratio |", "|---|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["train"]:
-        t = r["ms_per_step"]
-        lines.append(f"| {r['network']} ({r['data']}) | {r['batch_size']} | {t['pytorch']:.2f} | {t['toolkit']:.2f} | {r['step_ratio']:.3f} | "
-                     f"{r['ratio_of_medians']:.3f} | "
-                     f"{'yes' if r['loss_check']['equal'] else 'NO'} | {t['toolkit-eager']:.2f} | {r['eager_step_ratio']:.3f} |")
+        t, c = r["ms_per_step"], r.get("compile_s", {})
+        lines.append(f"| {r['network']} ({r['data']}) | {r['batch_size']} | {t['pytorch']:.2f} | {t['toolkit']:.2f} | "
+                     f"{r['step_ratio']:.3f} | {'yes' if r['loss_check']['equal'] else 'NO'} | "
+                     f"{t.get('pytorch-compiled', math.nan):.2f} | {t.get('toolkit-compiled', math.nan):.2f} | "
+                     f"{r.get('compiled_step_ratio', math.nan):.3f} | {c.get('pytorch', math.nan):.1f} / "
+                     f"{c.get('toolkit', math.nan):.1f} | {t['toolkit-eager']:.2f} | {r['eager_step_ratio']:.3f} |")
+    if result.get("single_bit"):
+        lines += ["", "| single-bit 2-layer cell | rows | hand-written steps/s | toolkit steps/s | step ratio "
+                  "| hand-written compiled steps/s | toolkit compiled steps/s | compiled step ratio "
+                  "| compile s (hand / toolkit) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in result["single_bit"]:
+            v, c = r["steps_per_s"], r.get("compile_s", {})
+            lines.append(f"| n = {r['n']} | {r['rows']} | {v['pytorch']:.0f} | {v['toolkit']:.0f} | {r['step_ratio']:.3f} | "
+                         f"{v.get('pytorch-compiled', math.nan):.0f} | {v.get('toolkit-compiled', math.nan):.0f} | "
+                         f"{r.get('compiled_step_ratio', math.nan):.3f} | {c.get('pytorch', math.nan):.1f} / "
+                         f"{c.get('toolkit', math.nan):.1f} |")
+    if result.get("sweep"):
+        w = result["sweep"]
+        lines += ["", f"`ppl-vae run {w['experiment']} --jobs {w['jobs']}`: {w['seconds']:.0f} s wall time "
+                      f"({w['cells']} cells)"]
     if result["iw"]:
         lines += ["", "| K | chunk | datapoints | datapoint-samples/s | peak MiB |", "|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['num_samples']} | {r['chunk_size']} | {r['datapoints']} | {r['samples_per_s']:,.0f} | "

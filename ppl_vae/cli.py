@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     bench.add_argument("--rounds", type=int, default=41, help="timed rounds per batch size (default: 41)")
     bench.add_argument("--quick", action="store_true", help="tiny sizes: checks that the benchmark runs, times nothing")
+    bench.add_argument("--sweep", action="store_true", help="also time the whole single-bit study (minutes)")
+    bench.add_argument("--jobs", type=int, default=2, help="cells at a time for --sweep (default: 2)")
     args = parser.parse_args(argv)
 
     try:
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from ppl_vae.bench import run as run_bench
 
-            run_bench(args.out, args.device, args.rounds, quick=args.quick)
+            run_bench(args.out, args.device, args.rounds, quick=args.quick, sweep=args.sweep, jobs=args.jobs)
             return 0
         from ppl_vae.experiment import run as run_experiment
 

@@ -33,7 +33,7 @@ class NetworkConfig:
     network: Network = "mlp"  # "mlp", or "conv" for images
     activation: Activation = "relu"  # between the fully connected layers (conv stacks keep ReLU)
     head: Head = "scale"  # what a Gaussian head's softplus outputs: the standard deviation, or the variance
-    top_hidden: int | None = None  # width of the networks between two latent layers (2-layer models); None = hidden[-1]
+    top_hidden: tuple[int, ...] | None = None  # widths of the networks between two latent layers; None = (hidden[-1],)
 
 
 def mlp(sizes: list[int], final_activation: bool = False, activation: Activation = "relu") -> nn.Sequential:

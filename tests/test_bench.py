@@ -26,9 +26,45 @@ def test_hand_written_vae_computes_the_toolkit_loss():
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(*results))
 
 
-def test_quick_training_bench_checks_losses():
+def test_hand_written_dlgm_computes_the_toolkit_loss():
+    """The single-bit cell's 2-layer pair (ELU, variance heads, a wider top) and its hand-written copy:
+    the same loss and gradients from the same parameters and noise."""
+    model = MODELS["dlgm"]((6,), latent_dim=1, top_latent_dim=1, hidden=[10, 10], activation="elu",
+                           head="variance", top_hidden=[20, 20])
+    guide = GUIDES["structured"](model)
+    hand = bench.HandWrittenDLGM.copy_of(model, guide)
+    x = torch.bernoulli(torch.full((7, 6), 0.5))
+    results = []
+    for loss_fn, params in ((lambda: ESTIMATORS["mc"]()(model, guide)(x),
+                             [*guide.encoder.parameters(), *guide.q_z1.parameters(), *guide.q_z2.parameters(),
+                              *model.conditional.parameters(), *model.decoder.parameters()]),
+                            (lambda: hand(x), [*hand.encoder.parameters(), *hand.q_z1.parameters(),
+                                               *hand.q_z2.parameters(), *hand.conditional.parameters(),
+                                               *hand.decoder.parameters()])):
+        pyro.set_rng_seed(4)
+        loss = loss_fn()
+        results.append([loss.detach(), *torch.autograd.grad(loss, params)])
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(*results))
+
+
+def test_the_single_bit_cell_bench_times_the_bundled_cell():
+    result = bench.bench_single_bit(5, rounds=1, device=torch.device("cpu"), steps=2, compile=False,
+                                    log=lambda *_: None)
+    assert result["rows"] == 1000 and set(result["steps_per_s"]) == {"pytorch", "toolkit"}
+    assert bench.single_bit_cell(5)["model"]["name"] == "dlgm"
+
+
+@pytest.mark.slow
+def test_the_compiled_variants_are_timed_beside_the_eager_ones():
     result = bench.bench_train(128, rows=256, rounds=1, device=torch.device("cpu"), hidden=[16], latent=2,
                                log=lambda *_: None)
+    assert {"pytorch-compiled", "toolkit-compiled"} <= set(result["ms_per_step"])
+    assert result["compiled_step_ratio"] > 0 and result["compile_s"]["toolkit"] > 0
+
+
+def test_quick_training_bench_checks_losses():
+    result = bench.bench_train(128, rows=256, rounds=1, device=torch.device("cpu"), hidden=[16], latent=2,
+                               log=lambda *_: None, compile=False)
     assert result["loss_check"]["equal"] and result["loss_check"]["max_rel_diff"] < 1e-5
     assert set(result["ms_per_step"]) == {"pytorch", "toolkit", "toolkit-eager"} and result["steps_per_round"] == 2
 
@@ -36,7 +72,7 @@ def test_quick_training_bench_checks_losses():
 def test_the_64x64_conv_bench_checks_losses_too():
     """The hand-written copy of a conv pair computes the toolkit's loss on 64 x 64 images."""
     result = bench.bench_train(64, rows=128, rounds=1, device=torch.device("cpu"), hidden=[16], latent=2,
-                               network="conv", data="dsprites", log=lambda *_: None)
+                               network="conv", data="dsprites", log=lambda *_: None, compile=False)
     assert result["loss_check"]["equal"] and (result["network"], result["data"]) == ("conv", "dsprites-like")
 
 
@@ -50,6 +86,6 @@ def test_quick_bench_writes_its_results(tmp_path):
     out = tmp_path / "bench.json"
     bench.run(out, quick=True, log=lambda *_: None)
     result = json.loads(out.read_text())
-    assert {"step_ratio_b128", "step_ratio_b1024", "step_ratio_conv_b64", "machine", "train", "iw",
+    assert {"step_ratio_b128", "step_ratio_b1024", "step_ratio_conv_b64", "machine", "train", "single_bit", "iw",
             "generator"} <= set(result)
     assert [r["chunk_size"] for r in result["iw"]] == [50, 100]

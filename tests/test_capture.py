@@ -248,7 +248,7 @@ def test_released_free_bits_train_the_same_captured_and_eager(tiny_data):
     runs = []
     for capture in (True, False):
         pyro.set_rng_seed(0)
-        model = MODELS["dlgm"](data.data_shape, latent_dim=2, top_latent_dim=1, hidden=[8], top_hidden=16,
+        model = MODELS["dlgm"](data.data_shape, latent_dim=2, top_latent_dim=1, hidden=[8], top_hidden=[16],
                                activation="elu", head="variance")
         config = TrainConfig(epochs=4, batch_size=8, lr=1e-2, capture=capture, free_bits_sites={"z2": 0.8},
                              free_bits_release=0.5)
@@ -256,7 +256,7 @@ def test_released_free_bits_train_the_same_captured_and_eager(tiny_data):
         runs[-1].fit()
     _assert_same_runs(*runs)
     pyro.set_rng_seed(0)
-    model = MODELS["dlgm"](data.data_shape, latent_dim=2, top_latent_dim=1, hidden=[8], top_hidden=16,
+    model = MODELS["dlgm"](data.data_shape, latent_dim=2, top_latent_dim=1, hidden=[8], top_hidden=[16],
                            activation="elu", head="variance")
     held = Trainer(model, GUIDES["structured"](model), data,
                    TrainConfig(epochs=4, batch_size=8, lr=1e-2, free_bits_sites={"z2": 0.8}))
