@@ -355,6 +355,36 @@ def bench_generator(image_size: int, rounds: int, log=print) -> dict:
             "packed_mib": packed.nbytes / 2**20}
 
 
+def sync_free_epochs(device: torch.device, log=print) -> list[dict]:
+    """One epoch of ``digits-vae`` (captured; and compiled) and of the single-bit 2-layer cell at
+    n = 1000 under ``torch.cuda.set_sync_debug_mode("error")``, after a first epoch that captures:
+    whether any step read back to the host (CUDA only)."""
+    from ppl_vae import experiment_file
+    from ppl_vae.cell import build
+
+    results = []
+    _, digits = experiment_file.load("digits-vae")
+    for name, config, compile in (("digits-vae", experiment_file.cells(digits)[0].config, False),
+                                  ("digits-vae", experiment_file.cells(digits)[0].config, True),
+                                  ("single-bit n=1000 dlgm", single_bit_cell(1000), False)):
+        data, model, guide, train_config = build(config)
+        trainer = Trainer(model, guide, data, dataclass_replace(train_config, compile=compile), device=device)
+        trainer.train_epoch()  # captures (and checks) the graph: read-backs allowed here
+        torch.cuda.synchronize(device)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            trainer._run_epoch(check=False)
+            error = None
+        except RuntimeError as caught:
+            error = str(caught).splitlines()[0]
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        results.append({"run": name, "compile": compile, "sync_free": error is None, "error": error})
+        log(f"  {name}{' compiled' if compile else ''}: " + ("no step read back to the host" if error is None
+                                                              else f"a step synchronised: {error}"))
+    return results
+
+
 def bench_sweep(experiment: str, jobs: int, device: torch.device, log=print) -> dict:
     """Wall time of a whole study (``ppl-vae run EXPERIMENT --jobs JOBS``) into a scratch folder,
     compiling and diagnostics included."""
@@ -394,6 +424,9 @@ def run(out: str | Path = "runs/bench.json", device: str = "auto", rounds: int =
                   log)
     result = {"machine": _machine(device), "quick": quick, "train": train, "single_bit": single_bit, "iw": iw,
               "generator": generator}
+    if device.type == "cuda":
+        log("an epoch under torch.cuda.set_sync_debug_mode('error'):")
+        result["sync_free"] = sync_free_epochs(device, log)
     if sweep:
         log("single-bit study, whole sweep:")
         result["sweep"] = bench_sweep("single-bit", jobs, device, log)
@@ -436,6 +469,10 @@ def table(result: dict) -> str:
                          f"{v.get('pytorch-compiled', math.nan):.0f} | {v.get('toolkit-compiled', math.nan):.0f} | "
                          f"{r.get('compiled_step_ratio', math.nan):.3f} | {c.get('pytorch', math.nan):.1f} / "
                          f"{c.get('toolkit', math.nan):.1f} |")
+    for r in result.get("sync_free", []):
+        lines += ["", f"{r['run']}{' (compiled)' if r['compile'] else ''}: an epoch under "
+                      f"`set_sync_debug_mode('error')`: " + ("no step read back to the host" if r["sync_free"]
+                                                              else f"a step synchronised ({r['error']})")]
     if result.get("sweep"):
         w = result["sweep"]
         lines += ["", f"`ppl-vae run {w['experiment']} --jobs {w['jobs']}`: {w['seconds']:.0f} s wall time "

@@ -73,6 +73,9 @@ def _grad_mismatch(names: list[str], replayed: list[torch.Tensor | None], eager:
             continue
         a = torch.zeros_like(b) if a is None else a
         b = torch.zeros_like(a) if b is None else b
+        if (a.device, a.dtype, a.shape) != (b.device, b.dtype, b.shape):  # the optimiser needs the parameter's own
+            return (f"gradient of {name!r} is {a.dtype} {tuple(a.shape)} on {a.device} in the replay and "
+                    f"{b.dtype} {tuple(b.shape)} on {b.device} eagerly")
         same = (a == b) | (a.isnan() & b.isnan())  # equal infinities and NaNs agree
         difference = torch.where(same, 0.0, a - b).norm()
         if not difference <= GRAD_RTOL * b.nan_to_num(0.0, 0.0, 0.0).norm() + GRAD_ATOL:  # a NaN fails too

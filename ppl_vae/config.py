@@ -50,6 +50,9 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"[train] {key} = {getattr(self, key)!r} is out of range")
         ESTIMATORS[self.estimator](self.num_particles, self.free_bits)  # unknown name or bad pairing -> ConfigError
+        if self.kl_warmup_epochs and self.kl_schedule != "linear":
+            raise ConfigError(f"[train] kl_warmup_epochs = {self.kl_warmup_epochs} ramps the KL weight only with "
+                              f"kl_schedule = 'linear' (it is {self.kl_schedule!r}): set kl_schedule = 'linear'")
         if self.free_bits_sites and self.estimator == "iw":
             raise ConfigError("[train] free_bits_sites apply to a KL term, which the importance-weighted bound has not: "
                               "use estimator 'mc' or 'analytic'")

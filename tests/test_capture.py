@@ -262,3 +262,13 @@ def test_released_free_bits_train_the_same_captured_and_eager(tiny_data):
                    TrainConfig(epochs=4, batch_size=8, lr=1e-2, free_bits_sites={"z2": 0.8}))
     held.fit()
     assert held.history[-1]["train_objective"] != pytest.approx(runs[0].history[-1]["train_objective"], rel=1e-6)
+
+
+def test_a_replayed_gradient_of_another_dtype_device_or_shape_is_a_mismatch():
+    """The optimiser steps each parameter with its replayed gradient: it must be the parameter's own kind."""
+    from ppl_vae.capture import _grad_mismatch
+
+    eager = torch.ones(3)
+    assert _grad_mismatch(["w"], [torch.ones(3)], [eager]) is None
+    assert "float64" in _grad_mismatch(["w"], [torch.ones(3, dtype=torch.float64)], [eager])
+    assert "(1, 3)" in _grad_mismatch(["w"], [torch.ones(1, 3)], [eager])

@@ -168,3 +168,12 @@ def test_free_bits_release_schedule_and_config():
                 {"free_bits_sites": {"z2": 0.5}, "estimator": "iw"}):
         with pytest.raises(ConfigError):
             TrainConfig(**bad)
+
+
+def test_a_warm_up_without_the_linear_schedule_is_refused():
+    """kl_warmup_epochs ramps only the linear schedule: alone it would silently train the plain ELBO."""
+    from ppl_vae import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match="set kl_schedule = 'linear'"):
+        TrainConfig(kl_warmup_epochs=1000)
+    assert TrainConfig(kl_schedule="linear", kl_warmup_epochs=1000).kl_warmup_epochs == 1000
