@@ -441,6 +441,14 @@ def run(out: str | Path = "runs/bench.json", device: str = "auto", rounds: int =
     return result
 
 
+def _compiled_columns(values: dict, result: dict, digits: int) -> str:
+    """The compiled variants' cells of a table row (nan where they were not timed)."""
+    compile_s = result.get("compile_s", {})
+    return (f"{values.get('pytorch-compiled', math.nan):.{digits}f} | {values.get('toolkit-compiled', math.nan):.{digits}f} | "
+            f"{result.get('compiled_step_ratio', math.nan):.3f} | {compile_s.get('pytorch', math.nan):.1f} / "
+            f"{compile_s.get('toolkit', math.nan):.1f}")
+
+
 def table(result: dict) -> str:
     """The results as Markdown tables."""
     m = result["machine"]
@@ -453,22 +461,18 @@ def table(result: dict) -> str:
              "| hand-written compiled | toolkit compiled | compiled step ratio | compile s (hand / toolkit) "
              "| eager toolkit ms/step | eager step ratio |", "|---|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["train"]:
-        t, c = r["ms_per_step"], r.get("compile_s", {})
+        t = r["ms_per_step"]
         lines.append(f"| {r['network']} ({r['data']}) | {r['batch_size']} | {t['pytorch']:.2f} | {t['toolkit']:.2f} | "
                      f"{r['step_ratio']:.3f} | {'yes' if r['loss_check']['equal'] else 'NO'} | "
-                     f"{t.get('pytorch-compiled', math.nan):.2f} | {t.get('toolkit-compiled', math.nan):.2f} | "
-                     f"{r.get('compiled_step_ratio', math.nan):.3f} | {c.get('pytorch', math.nan):.1f} / "
-                     f"{c.get('toolkit', math.nan):.1f} | {t['toolkit-eager']:.2f} | {r['eager_step_ratio']:.3f} |")
+                     f"{_compiled_columns(t, r, 2)} | {t['toolkit-eager']:.2f} | {r['eager_step_ratio']:.3f} |")
     if result.get("single_bit"):
         lines += ["", "| single-bit 2-layer cell | rows | hand-written steps/s | toolkit steps/s | step ratio "
                   "| hand-written compiled steps/s | toolkit compiled steps/s | compiled step ratio "
                   "| compile s (hand / toolkit) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in result["single_bit"]:
-            v, c = r["steps_per_s"], r.get("compile_s", {})
+            v = r["steps_per_s"]
             lines.append(f"| n = {r['n']} | {r['rows']} | {v['pytorch']:.0f} | {v['toolkit']:.0f} | {r['step_ratio']:.3f} | "
-                         f"{v.get('pytorch-compiled', math.nan):.0f} | {v.get('toolkit-compiled', math.nan):.0f} | "
-                         f"{r.get('compiled_step_ratio', math.nan):.3f} | {c.get('pytorch', math.nan):.1f} / "
-                         f"{c.get('toolkit', math.nan):.1f} |")
+                         f"{_compiled_columns(v, r, 0)} |")
     for r in result.get("sync_free", []):
         lines += ["", f"{r['run']}{' (compiled)' if r['compile'] else ''}: an epoch under "
                       f"`set_sync_debug_mode('error')`: " + ("no step read back to the host" if r["sync_free"]

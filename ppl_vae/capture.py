@@ -142,8 +142,14 @@ class TrainingLoss:
         return loss
 
     def _set_grads(self, inputs: list[int], grads) -> None:
+        """Each gradient as its parameter's ``.grad``, in the parameter's memory layout (as autograd's
+        accumulation lays it out): the fused Adam refuses a gradient strided otherwise, and a
+        compiled graph may return one (Inductor picks its outputs' layouts)."""
         for i, g in zip(inputs, grads):
-            self.state[i].grad = g
+            p = self.state[i]
+            if g is not None and g.stride() != p.stride():
+                g = torch.empty_strided(p.shape, p.stride(), dtype=g.dtype, device=g.device).copy_(g)
+            p.grad = g
 
     def _eager(self, x: torch.Tensor, weight: torch.Tensor, release: torch.Tensor) -> torch.Tensor:
         with KLWeight(weight), FreeBits(self.free_bits, release):

@@ -272,3 +272,15 @@ def test_a_replayed_gradient_of_another_dtype_device_or_shape_is_a_mismatch():
     assert _grad_mismatch(["w"], [torch.ones(3)], [eager]) is None
     assert "float64" in _grad_mismatch(["w"], [torch.ones(3, dtype=torch.float64)], [eager])
     assert "(1, 3)" in _grad_mismatch(["w"], [torch.ones(1, 3)], [eager])
+
+
+def test_a_gradient_strided_unlike_its_parameter_is_set_in_the_parameter_layout():
+    """CUDA's fused Adam refuses a .grad laid out unlike its parameter; a compiled replay may return one."""
+    from ppl_vae.capture import TrainingLoss
+
+    weight = torch.nn.Parameter(torch.randn(4, 3))
+    loss = TrainingLoss.__new__(TrainingLoss)
+    loss.state = [weight]
+    transposed = torch.randn(3, 4).t()  # shape (4, 3), strides (1, 4)
+    loss._set_grads([0], [transposed])
+    assert weight.grad.stride() == weight.stride() and torch.equal(weight.grad, transposed)
