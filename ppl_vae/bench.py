@@ -249,12 +249,9 @@ def bench_single_bit(n: int, rounds: int, device: torch.device, steps: int = 50,
     config = single_bit_cell(n)
     config["train"] = {**config["train"], "free_bits_sites": {}, "free_bits_release": 0.0, "compile": False}
     data, model, guide, train_config = build(config)
-    pairs = {"toolkit": (model, guide), "toolkit-compiled": copy.deepcopy((model, guide))}
-    hands = {"pytorch": HandWrittenDLGM.copy_of(model, guide).to(device)}
-    if compile:
-        hands["pytorch-compiled"] = HandWrittenDLGM.copy_of(model, guide).to(device)
-    else:
-        del pairs["toolkit-compiled"]
+    kinds = ("", "-compiled") if compile else ("",)
+    pairs = {f"toolkit{v}": copy.deepcopy((model, guide)) for v in kinds}
+    hands = {f"pytorch{v}": HandWrittenDLGM.copy_of(model, guide).to(device) for v in kinds}
     trainers = {name: Trainer(*pair, data, dataclass_replace(train_config, compile=name.endswith("compiled")),
                               device=device) for name, pair in pairs.items()}
     x = trainers["toolkit"].data.train

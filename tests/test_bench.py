@@ -10,40 +10,34 @@ from ppl_vae import ESTIMATORS, GUIDES, MODELS
 from ppl_vae import bench
 
 
-def test_hand_written_vae_computes_the_toolkit_loss():
-    """From the same parameters and noise, the hand-written loss and its gradients are the mc estimator's."""
+def _vae():
     model = MODELS["vae"]((12,), latent_dim=3, hidden=[16, 8])
     guide = GUIDES["gaussian"](model)
-    hand = bench.HandWrittenVAE.copy_of(model, guide)
-    x = torch.bernoulli(torch.full((5, 12), 0.3))
-    results = []
-    for loss_fn, params in ((lambda: ESTIMATORS["mc"]()(model, guide)(x), [*guide.parameters(), *model.parameters()]),
-                            (lambda: hand(x), [*hand.encoder.parameters(), *hand.head.parameters(),
-                                               *hand.decoder.parameters()])):
-        pyro.set_rng_seed(4)
-        loss = loss_fn()
-        results.append([loss.detach(), *torch.autograd.grad(loss, params)])
-    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(*results))
+    return (model, guide, bench.HandWrittenVAE, torch.bernoulli(torch.full((5, 12), 0.3)),
+            [guide.encoder, guide.heads["z"], model.decoder])
 
 
-def test_hand_written_dlgm_computes_the_toolkit_loss():
-    """The single-bit cell's 2-layer pair (ELU, variance heads, a wider top) and its hand-written copy:
-    the same loss and gradients from the same parameters and noise."""
+def _dlgm():
+    """The single-bit cell's 2-layer pair: ELU, variance heads, a wider top."""
     model = MODELS["dlgm"]((6,), latent_dim=1, top_latent_dim=1, hidden=[10, 10], activation="elu",
                            head="variance", top_hidden=[20, 20])
     guide = GUIDES["structured"](model)
-    hand = bench.HandWrittenDLGM.copy_of(model, guide)
-    x = torch.bernoulli(torch.full((7, 6), 0.5))
+    return (model, guide, bench.HandWrittenDLGM, torch.bernoulli(torch.full((7, 6), 0.5)),
+            [guide.encoder, guide.q_z1, guide.q_z2, model.conditional, model.decoder])
+
+
+@pytest.mark.parametrize("make", [_vae, _dlgm], ids=["vae", "dlgm"])
+def test_hand_written_copy_computes_the_toolkit_loss(make):
+    """From the same parameters and noise, the hand-written loss and its gradients are the mc estimator's.
+    ``make`` gives the pair, the hand-written class, a batch and the pair's modules in the copy's order."""
+    model, guide, hand_class, x, modules = make()
+    hand = hand_class.copy_of(model, guide)
     results = []
-    for loss_fn, params in ((lambda: ESTIMATORS["mc"]()(model, guide)(x),
-                             [*guide.encoder.parameters(), *guide.q_z1.parameters(), *guide.q_z2.parameters(),
-                              *model.conditional.parameters(), *model.decoder.parameters()]),
-                            (lambda: hand(x), [*hand.encoder.parameters(), *hand.q_z1.parameters(),
-                                               *hand.q_z2.parameters(), *hand.conditional.parameters(),
-                                               *hand.decoder.parameters()])):
+    for loss_fn, held in ((lambda: ESTIMATORS["mc"]()(model, guide)(x), modules),
+                          (lambda: hand(x), list(hand.children()))):
         pyro.set_rng_seed(4)
         loss = loss_fn()
-        results.append([loss.detach(), *torch.autograd.grad(loss, params)])
+        results.append([loss.detach(), *torch.autograd.grad(loss, [p for m in held for p in m.parameters()])])
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(*results))
 
 
