@@ -115,9 +115,16 @@ def set_key(config: dict, dotted: str, value: Any) -> None:
 
 def override(config: dict, dotted: str, value: Any) -> None:
     """``--set``: SECTION.KEY, or ``grid.AXIS`` to replace an axis's values (for named variants:
-    a list of the names to keep, e.g. ``grid.family=["dlgm"]``)."""
+    a list of the names to keep, e.g. ``grid.family=["dlgm"]``). SECTION.KEY also replaces the key
+    in every named variant that sets it: the command line wins over the file, so
+    ``--set train.epochs=400`` shortens every cell."""
     if not dotted.startswith("grid."):
-        return set_key(config, dotted, value)
+        set_key(config, dotted, value)
+        for variants in config.get("grid", {}).values():
+            for keys in variants.values() if isinstance(variants, dict) else ():
+                if isinstance(keys, dict) and dotted in keys:
+                    keys[dotted] = value
+        return None
     grid, axis = config.setdefault("grid", {}), dotted.removeprefix("grid.")
     if isinstance(grid.get(axis), dict):
         values = value if isinstance(value, list) else [value]
@@ -140,10 +147,12 @@ def apply_overrides(config: dict, overrides: list[str]) -> None:
 
 
 def quick(config: dict) -> dict:
-    """Shrink any experiment to smoke size: few epochs, few examples, narrow networks, two values per grid axis."""
+    """Shrink any experiment to smoke size: few epochs, few examples, narrow networks, two values per
+    grid axis, nothing compiled (compiling takes longer than such a run)."""
     config = copy.deepcopy(config)
     config.setdefault("train", {})["epochs"] = min(config["train"].get("epochs", QUICK["epochs"]), QUICK["epochs"])
     config["train"]["eval_every"] = 1
+    config["train"]["compile"] = False
     config.setdefault("data", {})["limit"] = QUICK["limit"]
     for section in ("model", "guide"):
         if "hidden" in config.get(section, {}):
@@ -160,6 +169,8 @@ def _quick_value(key: str, value: Any) -> Any:
     """A grid value as ``quick`` runs it: an axis or variant that sets the run's length is shrunk too."""
     if key == "train.epochs":
         return min(value, QUICK["epochs"])
+    if key == "train.compile":
+        return False
     return 1 if key == "train.eval_every" else value
 
 

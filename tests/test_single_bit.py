@@ -11,7 +11,7 @@ from ppl_vae.studies.single_bit import checks, found_threshold, restarts_table
 from ppl_vae.study import best_per_cell
 
 QUICK = ["grid.data.n=[1, 5]", "grid.train.seed=[0]", "train.epochs=400", "train.eval_every=200",
-         "diagnostics.rows=100", "diagnostics.iw_samples=200", "diagnostics.mean_samples=200"]
+         "train.compile=false", "diagnostics.rows=100", "diagnostics.iw_samples=200", "diagnostics.mean_samples=200"]
 COLUMNS = ["n", "family", "seed", "loss", "recon", "recon_per_dim", "kl", "log_px_iw", "active_units", "mi"]
 
 
