@@ -23,7 +23,7 @@ from ppl_vae.experiment_file import SECTIONS, Cell, diagnostics_config, import_p
 from ppl_vae.io import load_tensors, write_json, write_text
 from ppl_vae.registry import DATASETS, GUIDES, MODELS, ConfigError
 from ppl_vae.config import TrainConfig
-from ppl_vae.training import Trainer
+from ppl_vae.training import Trainer, cpu_threads
 
 #: held-out examples and draws per example in a cell's aggregate-posterior figure
 FIGURE_ROWS, FIGURE_SAMPLES = 500, 20
@@ -36,10 +36,7 @@ class RunFolderError(ConfigError):
 
 @dataclass(frozen=True)
 class CellTask:
-    """Everything a runner needs to run one cell, in any process.
-
-    :param threads: torch's CPU threads for the cell (None: leave the process's setting).
-    """
+    """Everything a runner needs to run one cell, in any process."""
 
     experiment: str
     cell: Cell
@@ -47,7 +44,6 @@ class CellTask:
     device: str = "cpu"
     progress: bool = True
     resume: bool = False
-    threads: int | None = None
 
 
 def load_data(config: dict):
@@ -107,9 +103,13 @@ def check_resumable(task: CellTask) -> None:
 
 
 def run_cell(task: CellTask) -> dict:
-    """Train one cell into ``task.folder`` and write its metrics, checkpoint, figures and summary."""
-    if task.threads:
-        torch.set_num_threads(task.threads)
+    """Train one cell into ``task.folder`` and write its metrics, checkpoint, figures and summary,
+    with the CPU threads of its ``train.threads``."""
+    with cpu_threads(task.cell.config.get("train", {}).get("threads", 0)):
+        return _run_cell(task)
+
+
+def _run_cell(task: CellTask) -> dict:
     folder, config = task.folder, task.cell.config
     summary_path, checkpoint = folder / "summary.json", folder / "checkpoint.pt"
     if task.resume and summary_path.exists():
@@ -141,7 +141,7 @@ def run_cell(task: CellTask) -> dict:
         "train_loss": last["train_loss"], "test_loss": last["test_loss"],
         **{k: v for k, v in found.items() if k not in ("rows",)},
         "diagnostics_rows": found["rows"], **measured, "seconds": round(time.time() - start, 2),
-        "device": str(trainer.device),
+        "device": str(trainer.device), "threads": torch.get_num_threads(),
     }
     write_json(summary_path, summary)
     return summary

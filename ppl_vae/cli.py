@@ -8,6 +8,7 @@ import inspect
 import re
 import sys
 
+from ppl_vae.experiment import CellsFailed
 from ppl_vae.registry import ConfigError
 
 
@@ -110,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:  # every user error (a bad file, value, pair or run folder): one line, exit 2
         print(f"ppl-vae: error: {error}", file=sys.stderr)
         return 2
+    except CellsFailed as error:  # the grid ran, but cells raised: the others are gathered, exit 1
+        print(f"ppl-vae: error: {error}", file=sys.stderr)
+        return 1
     print(f"{'cell':<40} {'-ELBO':>9} {'recon':>8} {'KL':>7} {'active':>6} {'log p(x)':>9} {'train -ELBO':>11} "
           f"{'s':>6}")
     for s in summaries:

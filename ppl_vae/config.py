@@ -32,6 +32,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs between scored history rows (the last epoch is always scored)
     capture: bool = True  # replay the loss as a captured graph (ppl_vae.capture); false = run the pair eagerly
     compile: bool = False  # compile the captured graph with Inductor (torch.compile); a pair that fails replays uncompiled
+    threads: int = 0  # torch's CPU threads while training and diagnosing, whichever runner runs the cell; 0 = as torch has it
     input_noise: Literal["none", "gaussian", "masking"] = "none"  # the guide sees corrupted x (denoising; ppl_vae.corruption)
     noise_level: float = 0.5  # gaussian: the noise's standard deviation; masking: the fraction of pixels set to 0
 
@@ -43,7 +44,7 @@ class TrainConfig:
             "free_bits_sites": isinstance(self.free_bits_sites, dict) and all(isinstance(v, (int, float)) and v >= 0 for v in self.free_bits_sites.values()),
             "kl_weight": self.kl_weight >= 0,
             "kl_warmup_epochs": self.kl_warmup_epochs >= 0, "kl_cycles": self.kl_cycles >= 1,
-            "checkpoint_every": self.checkpoint_every >= 0,
+            "checkpoint_every": self.checkpoint_every >= 0, "threads": self.threads >= 0,
             "noise_level": self.noise_level >= 0 and (self.input_noise != "masking" or self.noise_level < 1), "eval_every": self.eval_every >= 1,
         }
         for key, ok in checks.items():

@@ -16,6 +16,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from ppl_vae import study
@@ -23,14 +24,27 @@ from ppl_vae.cell import CellTask, RunFolderError, check_resumable, preflight, r
 from ppl_vae.experiment_file import Cell, apply_overrides, bundled, cells, load, quick, validate
 from ppl_vae.io import write_json, write_text
 from ppl_vae.registry import ConfigError
-from ppl_vae.runner import GridRunner, runner_for
+from ppl_vae.runner import CellFailure, GridRunner, runner_for
 from ppl_vae.training import resolve_device
 
-__all__ = ["run", "report", "write_results", "bundled", "load", "RunFolderError"]
+__all__ = ["run", "report", "write_results", "bundled", "load", "RunFolderError", "CellsFailed"]
 
 SUMMARY_COLUMNS = ("experiment", "cell", "data", "model", "guide", "estimator", "seed", "epochs", "train_loss",
                    "test_loss", "loss", "recon", "recon_per_dim", "kl", "log_px_iw", "gap", "khat_share",
                    "active_units", "mi", "marginal_kl", "seconds", "device")
+
+
+class CellsFailed(RuntimeError):
+    """Cells of a grid raised; the others finished and are in ``results.csv``. The message names
+    each failed cell and its error; ``experiment.json`` keeps them with their tracebacks."""
+
+    def __init__(self, failed: list[CellFailure], total: int, out: Path):
+        self.failed = failed
+        named = "; ".join(f"{f.cell or 'the run'} ({f.error})" for f in failed)
+        super().__init__(f"{len(failed)} of {total} cell(s) failed: {named}. The others finished"
+                         f"{' and are in ' + str(out / 'results.csv') if len(failed) < total else ''}; "
+                         f"tracebacks are in {out / 'experiment.json'}. Fix the cause, then rerun with "
+                         "--resume: finished cells are kept, the failed ones continue from their checkpoints")
 
 
 def write_results(out: Path, grid: list[Cell], summaries: list[dict], columns: tuple[str, ...] = ()) -> list[dict]:
@@ -70,7 +84,8 @@ def report(out: str | Path) -> str:
 def run(experiment: str | Path, out: str | Path | None = None, overrides: list[str] = (), device: str = "auto",
         quick_run: bool = False, force: bool = False, resume: bool = False, jobs: int = 1,
         progress: bool = True, runner: GridRunner | None = None) -> list[dict]:
-    """Validate every cell, then run them into ``out``; returns the summaries.
+    """Validate every cell, then run them into ``out``; returns the summaries. A cell that raises
+    does not stop the others: they finish and are gathered, then ``CellsFailed`` names the failures.
 
     ``out`` defaults to ``runs/<experiment>``. An existing non-empty folder is an error unless
     ``force`` (start afresh) or ``resume`` (finished cells are kept, the others continue from
@@ -104,11 +119,18 @@ def run(experiment: str | Path, out: str | Path | None = None, overrides: list[s
     write_json(out / "experiment.json", record)
     if progress:
         print(f"{name}: {len(grid)} cell(s) on {device}, into {out}", flush=True)
-    summaries = runner.run(tasks, progress)
-    write_results(out, grid, summaries, study.find(config["report"]).columns if "report" in config else ())
-    write_json(out / "experiment.json", {**record, "wall_seconds": round(time.time() - started, 1)})
+    results = runner.run(tasks, progress)
+    failed = [r for r in results if isinstance(r, CellFailure)]
+    done = [i for i, r in enumerate(results) if not isinstance(r, CellFailure)]
+    if done:  # results.csv holds the finished cells, whatever else failed
+        write_results(out, [grid[i] for i in done], [results[i] for i in done],
+                      study.find(config["report"]).columns if "report" in config else ())
+    write_json(out / "experiment.json", {**record, "wall_seconds": round(time.time() - started, 1),
+                                         "failed": [asdict(f) for f in failed]})
+    if failed:
+        raise CellsFailed(failed, len(grid), out)
     if "report" in config:
         text = report(out)
         if progress:
             print(text)
-    return summaries
+    return results

@@ -1,19 +1,25 @@
-"""Grid runners: how a grid's cells are scheduled. A runner takes the cells' tasks and returns
-their summaries in the same order; the cells themselves are independent runs (``cell.run_cell``).
+"""Grid runners: how a grid's cells are scheduled. A runner takes the cells' tasks and returns, in
+the same order, each cell's summary or, for a cell that raised, its ``CellFailure``: one failed
+cell does not stop the others. The cells themselves are independent runs (``cell.run_cell``).
 
 - ``Sequential``: one after the other in this process, each with its own progress bar.
-- ``LocalProcesses``: ``jobs`` at a time in fresh processes on this machine, the CPU threads
-  shared out between them, a line printed as each cell finishes.
+- ``LocalProcesses``: ``jobs`` at a time in fresh processes on this machine.
 
-Another scheduler (a cluster's, say) is one more class with a ``run`` method.
+A cell's CPU threads are its own ``train.threads`` under every runner, so its numbers do not
+depend on how the grid was scheduled.
+
+Both print a line as each cell ends: cells done, running, failed and left, and the time left at
+the mean pace so far. Another scheduler (a cluster's, say) is one more class with a ``run`` method.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import replace
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from typing import Protocol
 
@@ -21,36 +27,93 @@ from ppl_vae.cell import CellTask, run_cell
 from ppl_vae.registry import ConfigError
 
 
+@dataclass(frozen=True)
+class CellFailure:
+    """A cell that raised (or whose process died): its name, the error's first line and its traceback."""
+
+    cell: str
+    error: str
+    traceback: str = ""
+
+
+def attempt(task: CellTask) -> dict | CellFailure:
+    """``run_cell(task)``, with an error turned into a ``CellFailure`` (picklable, so a worker
+    process returns it like a summary). Ctrl-C and exits still stop the run."""
+    try:
+        return run_cell(task)
+    except Exception as error:  # noqa: BLE001 — whatever one cell raises, the grid goes on
+        first = (str(error).strip().splitlines() or [""])[0]
+        return CellFailure(task.cell.name, f"{type(error).__name__}: {first}", traceback.format_exc())
+
+
+class Progress:
+    """The line printed as each cell ends: ``[done/total] cell: result | running, failed, left, time left``."""
+
+    def __init__(self, total: int, show: bool):
+        self.total, self.show, self.started, self.ended, self.failed = total, show, time.time(), 0, 0
+
+    def ended_cell(self, result: dict | CellFailure, running: int) -> None:
+        self.ended += 1
+        self.failed += isinstance(result, CellFailure)
+        if not self.show:
+            return
+        elapsed = time.time() - self.started
+        left = self.total - self.ended
+        what = (f"FAILED ({result.error})" if isinstance(result, CellFailure)
+                else f"-ELBO {result['loss']:.3f} in {result['seconds']:.0f} s")
+        estimate = f", about {_duration(elapsed / self.ended * left)} left" if left else ""
+        name = (result.cell if isinstance(result, CellFailure) else result["cell"]) or "the run"
+        print(f"[{self.ended}/{self.total}] {name}: "
+              f"{what} | {running} running, {self.failed} failed, {left - running} waiting; "
+              f"{_duration(elapsed)} so far{estimate}", flush=True)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 class GridRunner(Protocol):
-    def run(self, tasks: list[CellTask], progress: bool = True) -> list[dict]:
-        """Run every task; their summaries, in the order of ``tasks``."""
+    def run(self, tasks: list[CellTask], progress: bool = True) -> list[dict | CellFailure]:
+        """Run every task; their summaries (or failures), in the order of ``tasks``."""
 
 
 class Sequential:
     """Cells one after the other, in this process."""
 
-    def run(self, tasks: list[CellTask], progress: bool = True) -> list[dict]:
-        return [run_cell(replace(task, progress=progress)) for task in tasks]
+    def run(self, tasks: list[CellTask], progress: bool = True) -> list[dict | CellFailure]:
+        line, results = Progress(len(tasks), progress), []
+        for task in tasks:
+            results.append(attempt(replace(task, progress=progress)))
+            line.ended_cell(results[-1], running=0)
+        return results
 
 
 class LocalProcesses:
-    """Cells ``jobs`` at a time, each in a fresh (spawned) process with an equal share of the CPU threads."""
+    """Cells ``jobs`` at a time, each in a fresh (spawned) process."""
 
     def __init__(self, jobs: int):
         self.jobs = jobs
 
-    def run(self, tasks: list[CellTask], progress: bool = True) -> list[dict]:
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
-        started = time.time()
+    def run(self, tasks: list[CellTask], progress: bool = True) -> list[dict | CellFailure]:
+        unset = [t.cell.name for t in tasks if not t.cell.config.get("train", {}).get("threads")]
+        cores = os.cpu_count() or 1
+        if progress and unset and cores > 1:
+            print(f"note: {len(unset)} cell(s) leave train.threads at 0, so each of the {self.jobs} jobs uses "
+                  f"torch's default threads (up to {cores}) and they compete for the {cores} cores; "
+                  f"--set train.threads={max(1, cores // self.jobs)} shares them out", flush=True)
+        line = Progress(len(tasks), progress)
         with ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn")) as pool:
-            # the cells' own progress bars are off when several run at once: a line per finished cell instead
-            futures = [pool.submit(run_cell, replace(task, progress=False, threads=threads)) for task in tasks]
-            for done, future in enumerate(as_completed(futures), 1):
-                if progress:
-                    summary = future.result()
-                    print(f"[{done}/{len(futures)}] {summary['cell']}: -ELBO {summary['loss']:.3f} "
-                          f"in {summary['seconds']:.0f} s ({time.time() - started:.0f} s so far)", flush=True)
-            return [future.result() for future in futures]
+            # the cells' own progress bars are off when several run at once: a line per ended cell instead
+            futures = {pool.submit(attempt, replace(task, progress=False)): task for task in tasks}
+            results = {}
+            for future in as_completed(futures):
+                try:
+                    results[future] = future.result()
+                except BrokenProcessPool as error:  # a worker was killed: its cell, and those queued, end here
+                    results[future] = CellFailure(futures[future].cell.name,
+                                                  f"its worker process died ({error}); rerun with --resume")
+                line.ended_cell(results[future], running=min(self.jobs, len(tasks) - line.ended - 1))
+            return [results[future] for future in futures]
 
 
 def runner_for(jobs: int) -> GridRunner:

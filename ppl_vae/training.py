@@ -11,9 +11,10 @@ device and batches are drawn by index; losses are read back once per epoch.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pyro
 import torch
@@ -31,7 +32,7 @@ from ppl_vae.nonfinite import EpochSnapshot, NonFiniteLossError, step_error, une
 from ppl_vae.random_state import preserved_rng, rng_state, set_rng_state
 from ppl_vae.registry import ESTIMATORS, ConfigError
 
-__all__ = ["Trainer", "TrainConfig", "NonFiniteLossError", "adam", "resolve_device"]
+__all__ = ["Trainer", "TrainConfig", "NonFiniteLossError", "adam", "cpu_threads", "resolve_device"]
 
 #: train-set examples scored per epoch (a fixed subset keeps large sets cheap)
 TRAIN_EVAL_SIZE = 10_000
@@ -48,6 +49,20 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {str(name)!r} was asked for, but torch sees no CUDA device: use cpu or auto")
     return device
+
+
+@contextmanager
+def cpu_threads(threads: int) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` within the block (0: left as they are), then restored.
+    Float reductions split differently over another count of threads, so a run's numbers depend on
+    it: ``train.threads`` makes it part of a cell's configuration, not of how the grid was scheduled."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def adam(params, lr: float) -> torch.optim.Adam:
@@ -145,6 +160,10 @@ class Trainer:
         held-out set; its ``train_objective`` is the mean over the epochs since the previous row.
         Scoring leaves the random stream as it found it, so how often a run is scored does not change it.
         ``on_epoch`` is called with each new row."""
+        with cpu_threads(self.config.threads):
+            return self._fit(checkpoint, on_epoch)
+
+    def _fit(self, checkpoint, on_epoch) -> list[dict]:
         every = self.config.checkpoint_every
         if self.step == 0:
             pyro.set_rng_seed(self.config.seed)  # batches and samples follow the seed, whatever ran before

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from ppl_vae import ConfigError
+from ppl_vae import ConfigError, experiment_file
 from ppl_vae.cli import first_sentence, main
 from ppl_vae.cell import RunFolderError
-from ppl_vae.experiment import run
+from ppl_vae.experiment import CellsFailed, run
 from ppl_vae.experiment_file import bundled, find, load
 
 GOOD = """
@@ -138,14 +138,49 @@ def test_named_variants_set_several_keys_together(tmp_path):
         run(path, tmp_path / "bad", ["grid.family=wide"], progress=False)
 
 
+def test_set_overrides_a_key_that_a_variant_sets():
+    """The command line wins over the file: --set train.epochs=3 shortens a variant with its own epochs."""
+    config = {"train": {"epochs": 50}, "grid": {"family": {"short": {"model.name": "vae"},
+                                                           "long": {"model.name": "vae", "train.epochs": 100}}}}
+    assert [c.config["train"]["epochs"] for c in experiment_file.cells(config)] == [50, 100]
+    experiment_file.apply_overrides(config, ["train.epochs=3"])
+    assert [c.config["train"]["epochs"] for c in experiment_file.cells(config)] == [3, 3]
+
+
 def test_parallel_jobs_give_the_same_results(tmp_path, capsys):
+    """A cell's CPU threads are its train.threads in this process and in a worker alike."""
     path = tmp_path / "grid.toml"
-    path.write_text(GOOD + '\n[grid]\n"train.seed" = [0, 1]\n')
+    path.write_text(GOOD + 'threads = 1\n[grid]\n"train.seed" = [0, 1]\n')
+    before = torch.get_num_threads()
     serial = run(path, tmp_path / "serial", progress=False)
+    assert torch.get_num_threads() == before  # restored after each cell
     parallel = run(path, tmp_path / "parallel", jobs=2, progress=True)
     assert [s["test_loss"] for s in serial] == [s["test_loss"] for s in parallel]
+    assert [s["threads"] for s in serial + parallel] == [1] * 4
     printed = capsys.readouterr().out  # a line per finished cell, as the cells' own bars are off
-    assert "[1/2] seed=" in printed and "[2/2] seed=" in printed
+    assert "[1/2] seed=" in printed and "[2/2] seed=" in printed and "0 failed" in printed
+    assert "train.threads at 0" not in printed  # the note is for grids that leave the threads to torch
+
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_cell_that_raises_leaves_the_others_gathered(tmp_path, capsys, jobs):
+    """One cell diverges (learning rate 1e30): the other two finish and are in results.csv, the
+    failure is named in the terminal, in experiment.json (with its traceback) and in the error,
+    and the command exits 1; the same from one process and from two."""
+    path, out = tmp_path / "grid.toml", tmp_path / "out"
+    path.write_text(GOOD + '\n[grid]\n"train.lr" = [1e-3, 1e30, 2e-3]\n')
+    with pytest.raises(CellsFailed, match=r"1 of 3 cell\(s\) failed: lr=1e\+30 \((NonFiniteLossError|ValueError): ") as error:
+        run(path, out, jobs=jobs, progress=True)
+    assert [f.cell for f in error.value.failed] == ["lr=1e+30"]
+    assert [r["lr"] for r in results(out)] == ["0.001", "0.002"]
+    (failure,) = json.loads((out / "experiment.json").read_text())["failed"]
+    assert failure["cell"] == "lr=1e+30" and "Traceback" in failure["traceback"]
+    printed = capsys.readouterr().out
+    assert "lr=1e+30: FAILED (" in printed and "[3/3]" in printed and "1 failed" in printed
+    assert main(["run", str(path), "--out", str(out), "--resume", "--jobs", str(jobs)]) == 1
+    err = capsys.readouterr().err
+    assert "ppl-vae: error: 1 of 3 cell(s) failed: lr=1e+30" in err and "--resume" in err
 
 
 BAD = [
@@ -153,6 +188,7 @@ BAD = [
     ("[model]\nlatent_dim = 'two'", "latent_dim = 'two' is invalid"),
     ("[model]\nlikelihood = 'poisson'", "likelihood = 'poisson' is invalid"),
     ("[train]\nepochs = 0", "epochs = 0 is out of range"),
+    ("[train]\nthreads = -1", "threads = -1 is out of range"),
     ("[train]\nlearning_rate = 0.1", "unknown key(s) ['learning_rate']"),
     ("[guide]\nname = 'structured'", "needs a model with latent sites z1 and z2"),
     ("[data]\nname = 'cifar'", "unknown dataset 'cifar'"),
