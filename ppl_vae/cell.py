@@ -105,6 +105,9 @@ def check_resumable(task: CellTask) -> None:
 def run_cell(task: CellTask) -> dict:
     """Train one cell into ``task.folder`` and write its metrics, checkpoint, figures and summary,
     with the CPU threads of its ``train.threads``."""
+    device = torch.device(task.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # what the cell allocates on "cuda" lands on its own GPU
     with cpu_threads(task.cell.config.get("train", {}).get("threads", 0)):
         return _run_cell(task)
 

@@ -3,7 +3,8 @@ the same order, each cell's summary or, for a cell that raised, its ``CellFailur
 cell does not stop the others. The cells themselves are independent runs (``cell.run_cell``).
 
 - ``Sequential``: one after the other in this process, each with its own progress bar.
-- ``LocalProcesses``: ``jobs`` at a time in fresh processes on this machine.
+- ``LocalProcesses``: ``jobs`` at a time in fresh processes on this machine; on CUDA with G GPUs,
+  cell i runs on GPU i mod G.
 
 A cell's CPU threads are its own ``train.threads`` under every runner, so its numbers do not
 depend on how the grid was scheduled.
@@ -22,6 +23,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from typing import Protocol
+
+import torch
 
 from ppl_vae.cell import CellTask, run_cell
 from ppl_vae.registry import ConfigError
@@ -88,6 +91,14 @@ class Sequential:
         return results
 
 
+def spread_over_gpus(tasks: list[CellTask]) -> list[CellTask]:
+    """Tasks on ``cuda`` with several GPUs visible: task i on GPU i mod G (``cuda:i``); else as they are."""
+    gpus = torch.cuda.device_count() if any(t.device == "cuda" for t in tasks) else 0
+    if gpus < 2:
+        return tasks
+    return [replace(t, device=f"cuda:{i % gpus}") if t.device == "cuda" else t for i, t in enumerate(tasks)]
+
+
 class LocalProcesses:
     """Cells ``jobs`` at a time, each in a fresh (spawned) process."""
 
@@ -104,7 +115,7 @@ class LocalProcesses:
         line = Progress(len(tasks), progress)
         with ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn")) as pool:
             # the cells' own progress bars are off when several run at once: a line per ended cell instead
-            futures = {pool.submit(attempt, replace(task, progress=False)): task for task in tasks}
+            futures = {pool.submit(attempt, replace(task, progress=False)): task for task in spread_over_gpus(tasks)}
             results = {}
             for future in as_completed(futures):
                 try:

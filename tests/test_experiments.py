@@ -4,15 +4,17 @@ quick setting; bad files fail before any work and write nothing; run folders are
 import csv
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from ppl_vae import ConfigError, experiment_file
 from ppl_vae.cli import first_sentence, main
-from ppl_vae.cell import RunFolderError
+from ppl_vae.cell import CellTask, RunFolderError
 from ppl_vae.experiment import CellsFailed, run
-from ppl_vae.experiment_file import bundled, find, load
+from ppl_vae.experiment_file import Cell, bundled, find, load
+from ppl_vae.runner import spread_over_gpus
 
 GOOD = """
 description = "a tiny valid experiment"
@@ -368,3 +370,14 @@ def test_the_device_defaults_to_auto_and_is_recorded(tmp_path, monkeypatch):
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert summary["device"].startswith(expected)
     assert json.loads((tmp_path / "out" / "experiment.json").read_text())["device"].startswith(expected)
+
+
+def test_jobs_on_cuda_spread_the_cells_over_the_gpus(monkeypatch, tmp_path):
+    """--jobs N --device cuda with G GPUs: cell i runs on GPU i mod G; one GPU or the CPU: as asked."""
+    tasks = [CellTask("e", Cell(f"c{i}", {}, {}), tmp_path / f"c{i}", device="cuda") for i in range(5)]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert [t.device for t in spread_over_gpus(tasks)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]
+    on_cpu = [replace(t, device="cpu") for t in tasks]
+    assert spread_over_gpus(on_cpu) == on_cpu
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert spread_over_gpus(tasks) == tasks
