@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--force", action="store_true", help="overwrite an existing run folder")
     run.add_argument("--resume", action="store_true", help="continue an existing run folder from its checkpoints")
     run.add_argument("--jobs", type=int, default=1, help="grid cells to run in parallel (default: 1)")
+    run.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                     help="run the grid's cells as Ray tasks: on a new local Ray instance, or on the cluster at "
+                          "ADDRESS (auto, HOST:PORT or ray://HOST:PORT); needs pip install -e '.[ray]'")
+    run.add_argument("--gpus-per-cell", type=float, default=1.0,
+                     help="with --ray on CUDA: the share of a GPU each cell asks for (default: 1)")
     again = commands.add_parser("report", help="write a finished run's report.md and figures again")
     again.add_argument("folder", help="the run folder (the --out of the run)")
     explore = commands.add_parser("explore", help="draw interpolations and latent traversals for a finished image run")
@@ -107,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         from ppl_vae.experiment import run as run_experiment
 
         summaries = run_experiment(args.experiment, args.out, args.overrides, args.device, args.quick, args.force,
-                                   args.resume, args.jobs, progress=True)
+                                   args.resume, args.jobs, progress=True, ray=args.ray,
+                                   gpus_per_cell=args.gpus_per_cell)
     except ConfigError as error:  # every user error (a bad file, value, pair or run folder): one line, exit 2
         print(f"ppl-vae: error: {error}", file=sys.stderr)
         return 2

@@ -83,7 +83,8 @@ def report(out: str | Path) -> str:
 
 def run(experiment: str | Path, out: str | Path | None = None, overrides: list[str] = (), device: str = "auto",
         quick_run: bool = False, force: bool = False, resume: bool = False, jobs: int = 1,
-        progress: bool = True, runner: GridRunner | None = None) -> list[dict]:
+        progress: bool = True, runner: GridRunner | None = None, ray: str | None = None,
+        gpus_per_cell: float = 1.0) -> list[dict]:
     """Validate every cell, then run them into ``out``; returns the summaries. A cell that raises
     does not stop the others: they finish and are gathered, then ``CellsFailed`` names the failures.
 
@@ -91,8 +92,10 @@ def run(experiment: str | Path, out: str | Path | None = None, overrides: list[s
     ``force`` (start afresh) or ``resume`` (finished cells are kept, the others continue from
     their checkpoints; a file that cannot be read stops the run before anything is written).
     ``device``: ``auto`` (CUDA when there is a GPU), ``cpu`` or ``cuda``. ``runner`` schedules the
-    cells (default: ``runner_for(jobs)``).
+    cells (default: ``runner_for(jobs, ray, gpus_per_cell)``; ``ray``: a Ray cluster's address,
+    or "" for a new local Ray instance).
     """
+    runner = runner or runner_for(jobs, ray, gpus_per_cell)  # a missing Ray stops the run before any work
     name, config = load(experiment)
     apply_overrides(config, list(overrides))
     if quick_run:
@@ -101,7 +104,6 @@ def run(experiment: str | Path, out: str | Path | None = None, overrides: list[s
     for cell in grid:
         validate(cell.config)
     preflight([cell.config for cell in grid])
-    runner = runner or runner_for(jobs)
     device = str(resolve_device(device))
     out = Path(out or Path("runs") / name)
     if out.exists() and any(out.iterdir()) and not resume:

@@ -9,8 +9,9 @@ cell does not stop the others. The cells themselves are independent runs (``cell
 A cell's CPU threads are its own ``train.threads`` under every runner, so its numbers do not
 depend on how the grid was scheduled.
 
-Both print a line as each cell ends: cells done, running, failed and left, and the time left at
-the mean pace so far. Another scheduler (a cluster's, say) is one more class with a ``run`` method.
+All print a line as each cell ends: cells done, running, failed and left, and the time left at
+the mean pace so far. ``ray_runner.RayCells`` hands the cells to Ray, on this machine or a
+cluster: another scheduler is one more class with a ``run`` method.
 """
 
 from __future__ import annotations
@@ -127,8 +128,15 @@ class LocalProcesses:
             return [results[future] for future in futures]
 
 
-def runner_for(jobs: int) -> GridRunner:
-    """``Sequential`` for one job, else ``LocalProcesses``."""
+def runner_for(jobs: int, ray: str | None = None, gpus_per_cell: float = 1.0) -> GridRunner:
+    """``Sequential`` for one job, ``LocalProcesses`` for more; ``ray`` (an address, or "" for a new
+    local instance): ``ray_runner.RayCells``."""
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: give at least 1")
+    if ray is not None:
+        if jobs != 1:
+            raise ConfigError(f"--jobs {jobs} with --ray: Ray decides how many cells run at once; drop --jobs")
+        from ppl_vae.ray_runner import RayCells  # Ray is an optional extra
+
+        return RayCells(ray or None, gpus_per_cell)
     return Sequential() if jobs == 1 else LocalProcesses(jobs)
