@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pickle
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +19,7 @@ from typing import Any, Callable
 import pyro
 import torch
 
-from ppl_vae import collapse, diagnostics, plots, study
+from ppl_vae import board, collapse, diagnostics, plots, study
 from ppl_vae.experiment_file import SECTIONS, Cell, diagnostics_config, import_plugins
 from ppl_vae.io import load_tensors, write_json, write_text
 from ppl_vae.registry import DATASETS, GUIDES, MODELS, ConfigError
@@ -123,13 +124,19 @@ def _run_cell(task: CellTask) -> dict:
     if task.resume and checkpoint.exists():
         trainer.load(checkpoint)
     write_json(folder / "config.json", config)
-    history = trainer.fit(checkpoint, on_epoch=lambda _: write_text(
-        folder / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in trainer.history)))
-    last = history[-1]
-    figures = folder / "figures"
-    plots.loss_curves(history, figures / "loss.png")
-    if len(data.data_shape) == 3:
-        image_figures(model, guide, trainer.data.test_eval[:8], figures)  # on the training device
+    with board.writer(folder) if train.tensorboard else nullcontext() as tensorboard:
+
+        def on_epoch(row: dict) -> None:
+            write_text(folder / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in trainer.history))
+            if tensorboard is not None:
+                board.log_row(tensorboard, row)
+
+        history = trainer.fit(checkpoint, on_epoch=on_epoch)
+        last = history[-1]
+        figures = folder / "figures"
+        plots.loss_curves(history, figures / "loss.png")
+        if len(data.data_shape) == 3:  # on the training device
+            image_figures(model, guide, trainer.data.test_eval[:8], figures, tensorboard, trainer.epoch)
     # closed-form KLs where the guide declares itself mean-field (the bundled ones do), else Monte Carlo
     analytic = trainer.analytic_kl or getattr(guide, "mean_field", None) is True
     found = collapse.diagnose(model, guide, trainer.data.test_eval, diagnostics_config(config), analytic)
@@ -150,11 +157,16 @@ def _run_cell(task: CellTask) -> dict:
     return summary
 
 
-def image_figures(model, guide, x: torch.Tensor, figures: Path) -> None:
+def image_figures(model, guide, x: torch.Tensor, figures: Path, tensorboard=None, epoch: int = 0) -> None:
     """``reconstructions.png``: the images ``x`` over their reconstructions (the mean of p(x | z) at
-    z ~ q(z | x)); ``samples.png``: the means of p(x | z) for 64 draws z ~ p(z)."""
-    plots.image_grid(torch.cat([x, diagnostics.reconstruct(model, guide, x)]), figures / "reconstructions.png")
-    plots.image_grid(diagnostics.sample_prior(model, 64, x.device), figures / "samples.png")
+    z ~ q(z | x)); ``samples.png``: the means of p(x | z) for 64 draws z ~ p(z). Both also go to
+    ``tensorboard`` (a ``SummaryWriter``) at ``epoch`` where one is given."""
+    grids = {"reconstructions": torch.cat([x, diagnostics.reconstruct(model, guide, x)]),
+             "samples": diagnostics.sample_prior(model, 64, x.device)}
+    for name, images in grids.items():
+        plots.image_grid(images, figures / f"{name}.png")
+        if tensorboard is not None:
+            tensorboard.add_images(name, images.detach().cpu(), epoch)
 
 
 def restore(folder: str | Path, device: str = "cpu"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ppl_vae import board
 from ppl_vae.registry import ESTIMATORS, ConfigError
 
 
@@ -33,6 +34,7 @@ class TrainConfig:
     capture: bool = True  # replay the loss as a captured graph (ppl_vae.capture); false = run the pair eagerly
     compile: bool = False  # compile the captured graph with Inductor (torch.compile); a pair that fails replays uncompiled
     threads: int = 0  # torch's CPU threads while training and diagnosing, whichever runner runs the cell; 0 = as torch has it
+    tensorboard: bool = False  # run folders: each cell also logs its history rows and image grids for TensorBoard (ppl_vae.board)
     input_noise: Literal["none", "gaussian", "masking"] = "none"  # the guide sees corrupted x (denoising; ppl_vae.corruption)
     noise_level: float = 0.5  # gaussian: the noise's standard deviation; masking: the fraction of pixels set to 0
 
@@ -54,6 +56,8 @@ class TrainConfig:
         if self.kl_warmup_epochs and self.kl_schedule != "linear":
             raise ConfigError(f"[train] kl_warmup_epochs = {self.kl_warmup_epochs} ramps the KL weight only with "
                               f"kl_schedule = 'linear' (it is {self.kl_schedule!r}): set kl_schedule = 'linear'")
+        if self.tensorboard:
+            board.require()  # missing TensorBoard: a ConfigError before any work
         if self.free_bits_sites and self.estimator == "iw":
             raise ConfigError("[train] free_bits_sites apply to a KL term, which the importance-weighted bound has not: "
                               "use estimator 'mc' or 'analytic'")

@@ -54,7 +54,8 @@ class Progress:
     """The line printed as each cell ends: ``[done/total] cell: result | running, failed, left, time left``."""
 
     def __init__(self, total: int, show: bool):
-        self.total, self.show, self.started, self.ended, self.failed = total, show, time.time(), 0, 0
+        # one cell (an experiment without a grid) has its own bar and summary table instead
+        self.total, self.show, self.started, self.ended, self.failed = total, show and total > 1, time.time(), 0, 0
 
     def ended_cell(self, result: dict | CellFailure, running: int) -> None:
         self.ended += 1
@@ -66,7 +67,7 @@ class Progress:
         what = (f"FAILED ({result.error})" if isinstance(result, CellFailure)
                 else f"-ELBO {result['loss']:.3f} in {result['seconds']:.0f} s")
         estimate = f", about {_duration(elapsed / self.ended * left)} left" if left else ""
-        name = (result.cell if isinstance(result, CellFailure) else result["cell"]) or "the run"
+        name = result.cell if isinstance(result, CellFailure) else result["cell"]
         print(f"[{self.ended}/{self.total}] {name}: "
               f"{what} | {running} running, {self.failed} failed, {left - running} waiting; "
               f"{_duration(elapsed)} so far{estimate}", flush=True)
