@@ -123,6 +123,7 @@ def _run_cell(task: CellTask) -> dict:
     trainer = Trainer(model, guide, data, train, device=task.device, progress=task.progress)
     if task.resume and checkpoint.exists():
         trainer.load(checkpoint)
+    resumed_from = trainer.epoch  # 0 for a cell that starts afresh
     write_json(folder / "config.json", config)
     with board.writer(folder) if train.tensorboard else nullcontext() as tensorboard:
 
@@ -151,7 +152,7 @@ def _run_cell(task: CellTask) -> dict:
         "train_loss": last["train_loss"], "test_loss": last["test_loss"],
         **{k: v for k, v in found.items() if k not in ("rows",)},
         "diagnostics_rows": found["rows"], **measured, "seconds": round(time.time() - start, 2),
-        "device": str(trainer.device), "threads": torch.get_num_threads(),
+        "device": str(trainer.device), "threads": torch.get_num_threads(), "resumed_from_epoch": resumed_from,
     }
     write_json(summary_path, summary)
     return summary

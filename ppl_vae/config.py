@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ppl_vae import board
+from ppl_vae.board import require as require_tensorboard
 from ppl_vae.registry import ESTIMATORS, ConfigError
 
 
@@ -57,10 +57,14 @@ class TrainConfig:
             raise ConfigError(f"[train] kl_warmup_epochs = {self.kl_warmup_epochs} ramps the KL weight only with "
                               f"kl_schedule = 'linear' (it is {self.kl_schedule!r}): set kl_schedule = 'linear'")
         if self.tensorboard:
-            board.require()  # missing TensorBoard: a ConfigError before any work
+            require_tensorboard()  # missing TensorBoard: a ConfigError before any work
         if self.free_bits_sites and self.estimator == "iw":
             raise ConfigError("[train] free_bits_sites apply to a KL term, which the importance-weighted bound has not: "
                               "use estimator 'mc' or 'analytic'")
+
+
+#: ArviZ's PSIS fits the largest min(K / 5, 3 sqrt(K)) of K weights and needs at least 5 of them
+PSIS_MIN_SAMPLES = 25
 
 
 @dataclass(frozen=True)
@@ -81,3 +85,6 @@ class DiagnosticsConfig:
                     "metric_eval"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"[diagnostics] {key} = {getattr(self, key)!r} is out of range: it must be >= 1")
+        if self.iw_samples < PSIS_MIN_SAMPLES:
+            raise ConfigError(f"[diagnostics] iw_samples = {self.iw_samples!r} is out of range: PSIS k-hat needs at "
+                              f"least {PSIS_MIN_SAMPLES} importance samples per datapoint (a tail of 5 draws)")

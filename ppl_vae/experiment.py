@@ -24,7 +24,7 @@ from ppl_vae.cell import CellTask, RunFolderError, check_resumable, preflight, r
 from ppl_vae.experiment_file import Cell, apply_overrides, bundled, cells, load, quick, validate
 from ppl_vae.io import write_json, write_text
 from ppl_vae.registry import ConfigError
-from ppl_vae.runner import CellFailure, GridRunner, runner_for
+from ppl_vae.runner import CellFailure, GridRunner, LocalProcesses, Sequential
 from ppl_vae.training import resolve_device
 
 __all__ = ["run", "report", "write_results", "bundled", "load", "RunFolderError", "CellsFailed"]
@@ -57,6 +57,20 @@ def write_results(out: Path, grid: list[Cell], summaries: list[dict], columns: t
     writer.writerows(rows)
     write_text(out / "results.csv", buffer.getvalue())
     return rows
+
+
+def runner_for(jobs: int, ray: str | None = None, gpus_per_cell: float = 1.0) -> GridRunner:
+    """``Sequential`` for one job, ``LocalProcesses`` for more; ``ray`` (an address, or "" for a new
+    local instance): ``ray_runner.RayCells``."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: give at least 1")
+    if ray is not None:
+        if jobs != 1:
+            raise ConfigError(f"--jobs {jobs} with --ray: Ray decides how many cells run at once; drop --jobs")
+        from ppl_vae.ray_runner import RayCells  # Ray is an optional extra
+
+        return RayCells(ray or None, gpus_per_cell)
+    return Sequential() if jobs == 1 else LocalProcesses(jobs)
 
 
 def report(out: str | Path) -> str:

@@ -17,6 +17,7 @@ cluster: another scheduler is one more class with a ``run`` method.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -28,7 +29,6 @@ from typing import Protocol
 import torch
 
 from ppl_vae.cell import CellTask, run_cell
-from ppl_vae.registry import ConfigError
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,18 @@ class Sequential:
         return results
 
 
+def _die_with_driver(driver: int) -> None:
+    """In a worker process: exit as soon as the driver is gone (killed, say), so that no cell of a
+    stopped run is still writing into its folder when the run is resumed."""
+
+    def watch() -> None:
+        while os.getppid() == driver:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def spread_over_gpus(tasks: list[CellTask]) -> list[CellTask]:
     """Tasks on ``cuda`` with several GPUs visible: task i on GPU i mod G (``cuda:i``); else as they are."""
     gpus = torch.cuda.device_count() if any(t.device == "cuda" for t in tasks) else 0
@@ -115,7 +127,8 @@ class LocalProcesses:
                   f"torch's default threads (up to {cores}) and they compete for the {cores} cores; "
                   f"--set train.threads={max(1, cores // self.jobs)} shares them out", flush=True)
         line = Progress(len(tasks), progress)
-        with ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"), initializer=_die_with_driver,
+                                 initargs=(os.getpid(),)) as pool:
             # the cells' own progress bars are off when several run at once: a line per ended cell instead
             futures = {pool.submit(attempt, replace(task, progress=False)): task for task in spread_over_gpus(tasks)}
             results = {}
@@ -127,17 +140,3 @@ class LocalProcesses:
                                                   f"its worker process died ({error}); rerun with --resume")
                 line.ended_cell(results[future], running=min(self.jobs, len(tasks) - line.ended - 1))
             return [results[future] for future in futures]
-
-
-def runner_for(jobs: int, ray: str | None = None, gpus_per_cell: float = 1.0) -> GridRunner:
-    """``Sequential`` for one job, ``LocalProcesses`` for more; ``ray`` (an address, or "" for a new
-    local instance): ``ray_runner.RayCells``."""
-    if jobs < 1:
-        raise ConfigError(f"--jobs {jobs}: give at least 1")
-    if ray is not None:
-        if jobs != 1:
-            raise ConfigError(f"--jobs {jobs} with --ray: Ray decides how many cells run at once; drop --jobs")
-        from ppl_vae.ray_runner import RayCells  # Ray is an optional extra
-
-        return RayCells(ray or None, gpus_per_cell)
-    return Sequential() if jobs == 1 else LocalProcesses(jobs)

@@ -200,6 +200,7 @@ BAD = [
     ("colour = 'blue'", "unknown top-level key"),
     ("report = 'nope'", "unknown report 'nope'"),
     ("[diagnostics]\niw_samples = 0", "iw_samples = 0 is out of range"),
+    ("[diagnostics]\niw_samples = 20", "PSIS k-hat needs at least 25 importance samples"),
     ("[diagnostics]\nsamples = 10", "[diagnostics] has unknown key(s) ['samples']"),
 ]
 

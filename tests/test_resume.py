@@ -1,0 +1,135 @@
+"""A grid run killed midway, then rerun with ``--resume``, finishes: finished cells are kept byte for
+byte, interrupted cells continue from their checkpoints (none is trained from scratch twice), and
+the results equal those of a run that was never stopped. Killed: one worker process of
+``--jobs 2``, and separately the driver (its workers must not outlive it)."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ppl_vae.experiment import run
+from ppl_vae.io import load_tensors
+
+GRID = """
+description = "a grid slow enough to be stopped midway"
+[data]
+name = "bits"
+n = 4
+rows = 40
+[model]
+name = "vae"
+latent_dim = 1
+hidden = [8]
+[guide]
+name = "gaussian"
+[train]
+epochs = 300
+batch_size = 0
+checkpoint_every = 1
+eval_every = 50
+threads = 1
+[diagnostics]
+rows = 20
+particles = 10
+iw_samples = 25
+mean_samples = 20
+[grid]
+"train.seed" = [0, 1, 2, 3]
+"""
+
+
+def children(pid: int) -> list[int]:
+    """The worker processes of a ``--jobs`` run (its children that run cells, not the resource tracker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and b"spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def results(folder: Path) -> list[dict]:
+    with open(folder / "results.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def never_stopped(tmp_path_factory) -> list[dict]:
+    """The grid's results from a run that was not stopped."""
+    folder = tmp_path_factory.mktemp("never-stopped")
+    (folder / "grid.toml").write_text(GRID)
+    run(folder / "grid.toml", folder / "out", jobs=2, progress=False)
+    return results(folder / "out")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through /proc (Linux)")
+@pytest.mark.parametrize("kill", ["worker", "driver"])
+def test_a_killed_grid_resumes_without_training_a_cell_from_scratch_twice(tmp_path, kill, never_stopped):
+    path, out = tmp_path / "grid.toml", tmp_path / "out"
+    path.write_text(GRID)
+    command = [sys.executable, "-m", "ppl_vae.cli", "run", str(path), "--out", str(out), "--jobs", "2"]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cells = [out / f"seed={s}" for s in range(4)]
+    def early(cell: Path) -> bool:  # part-way through its first half: a checkpoint, and far from its summary
+        try:
+            return not (cell / "summary.json").exists() and load_tensors(cell / "checkpoint.pt")["epoch"] <= 150
+        except (OSError, RuntimeError, KeyError):  # not written yet
+            return False
+
+    # stop it once one cell has finished and another is early in its training
+    wait_for(lambda: any((c / "summary.json").exists() for c in cells) and any(early(c) for c in cells), 300,
+             "a finished cell and one early in its training")
+    workers = children(driver.pid)
+    assert len(workers) == 2
+    if kill == "worker":
+        os.kill(workers[0], signal.SIGKILL)
+        assert driver.wait(timeout=120) == 1  # the other cells are reported failed, not lost
+    else:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+    wait_for(lambda: not any(alive(w) for w in workers), 30, "the workers to end with the run")
+
+    finished = {c: {p: p.read_bytes() for p in c.rglob("*") if p.is_file()}
+                for c in cells if (c / "summary.json").exists()}
+    midway = {c: load_tensors(c / "checkpoint.pt")["epoch"] for c in cells
+              if (c / "checkpoint.pt").exists() and c not in finished}
+    assert finished and midway and all(0 < epoch <= 300 for epoch in midway.values())
+
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for cell, files in finished.items():  # kept byte for byte
+        assert {p: p.read_bytes() for p in files} == files
+    for cell, epoch in midway.items():  # continued from its checkpoint
+        assert json.loads((cell / "summary.json").read_text())["resumed_from_epoch"] == epoch
+    for cell in set(cells) - set(finished) - set(midway):  # not started before the stop
+        assert json.loads((cell / "summary.json").read_text())["resumed_from_epoch"] == 0
+    assert results(out) == never_stopped
