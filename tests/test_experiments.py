@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from experiment_text import TINY_EXPERIMENT
 
 from ppl_vae import ConfigError, experiment_file
 from ppl_vae.cli import first_sentence, main
@@ -16,19 +17,7 @@ from ppl_vae.experiment import CellsFailed, run
 from ppl_vae.experiment_file import Cell, bundled, find, load
 from ppl_vae.runner import spread_over_gpus
 
-GOOD = """
-description = "a tiny valid experiment"
-[data]
-name = "bits"
-n = 4
-rows = 40
-[model]
-name = "vae"
-latent_dim = 1
-hidden = [8]
-[guide]
-name = "gaussian"
-[train]
+GOOD = TINY_EXPERIMENT + """[train]
 epochs = 2
 batch_size = 0
 """

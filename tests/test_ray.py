@@ -13,24 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from experiment_text import TINY_EXPERIMENT
 
 from ppl_vae import ConfigError
 from ppl_vae.cli import main
 from ppl_vae.experiment import CellsFailed, run
 
-GRID = """
-description = "a tiny grid for the runners"
-[data]
-name = "bits"
-n = 4
-rows = 40
-[model]
-name = "vae"
-latent_dim = 1
-hidden = [8]
-[guide]
-name = "gaussian"
-[train]
+GRID = TINY_EXPERIMENT + """[train]
 epochs = 3
 batch_size = 0
 threads = 1

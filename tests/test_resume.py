@@ -13,23 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from experiment_text import TINY_EXPERIMENT
 
 from ppl_vae.experiment import run
 from ppl_vae.io import load_tensors
 
-GRID = """
-description = "a grid slow enough to be stopped midway"
-[data]
-name = "bits"
-n = 4
-rows = 40
-[model]
-name = "vae"
-latent_dim = 1
-hidden = [8]
-[guide]
-name = "gaussian"
-[train]
+GRID = TINY_EXPERIMENT + """[train]
 epochs = 300
 batch_size = 0
 checkpoint_every = 1
