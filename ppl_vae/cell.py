@@ -46,6 +46,11 @@ class CellTask:
     progress: bool = True
     resume: bool = False
 
+    @property
+    def threads(self) -> int:
+        """The cell's ``train.threads``: torch's CPU threads for it (0: torch's own count)."""
+        return self.cell.config.get("train", {}).get("threads", 0)
+
 
 def load_data(config: dict):
     options = dict(config["data"])
@@ -109,7 +114,7 @@ def run_cell(task: CellTask) -> dict:
     device = torch.device(task.device)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # what the cell allocates on "cuda" lands on its own GPU
-    with cpu_threads(task.cell.config.get("train", {}).get("threads", 0)):
+    with cpu_threads(task.threads):
         return _run_cell(task)
 
 

@@ -69,10 +69,10 @@ class RayCells:
             remote = ray.remote(run_shipped)
             pending = {}
             for task in tasks:
-                threads = task.cell.config.get("train", {}).get("threads") or 1
                 gpus = self.gpus_per_cell if task.device.startswith("cuda") else 0
                 files = folder_files(task.folder) if task.resume else {}
-                pending[remote.options(num_cpus=threads, num_gpus=gpus, max_retries=0).remote(task, files)] = task
+                options = remote.options(num_cpus=task.threads or 1, num_gpus=gpus, max_retries=0)
+                pending[options.remote(task, files)] = task
             results, line, waiting = {}, Progress(len(tasks), progress), list(pending)
             while waiting:
                 (ref,), waiting = ray.wait(waiting, num_returns=1)

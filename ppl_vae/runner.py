@@ -120,7 +120,7 @@ class LocalProcesses:
         self.jobs = jobs
 
     def run(self, tasks: list[CellTask], progress: bool = True) -> list[dict | CellFailure]:
-        unset = [t.cell.name for t in tasks if not t.cell.config.get("train", {}).get("threads")]
+        unset = [t.cell.name for t in tasks if not t.threads]
         cores = os.cpu_count() or 1
         if progress and unset and cores > 1:
             print(f"note: {len(unset)} cell(s) leave train.threads at 0, so each of the {self.jobs} jobs uses "
