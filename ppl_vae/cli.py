@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     except CellsFailed as error:  # the grid ran, but cells raised: the others are gathered, exit 1
         print(f"ppl-vae: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: what was written is whole (atomic writes, checkpoints)
+        print("\nppl-vae: interrupted. Finished cells and checkpoints are kept: rerun the same command with "
+              "--resume to finish", file=sys.stderr)
+        return 130
     print(f"{'cell':<40} {'-ELBO':>9} {'recon':>8} {'KL':>7} {'active':>6} {'log p(x)':>9} {'train -ELBO':>11} "
           f"{'s':>6}")
     for s in summaries:

@@ -2,15 +2,19 @@
 
 The toolkit does not schedule: Ray does. Each cell is a task that asks for its own ``train.threads``
 CPUs (1 when left at 0) and, on CUDA, ``gpus_per_cell`` of a GPU (a fraction lets small cells
-share one). A cell runs in a temporary folder on whichever node Ray picks: the task takes the
-cell folder's files with it (a resumed cell's checkpoint) and returns every file it wrote, which
-the driver writes atomically into the run folder. So results come back whether or not the
-nodes share a file system, and ``results.csv`` is gathered as for the other runners.
+share one). A cell runs in a temporary folder on whichever node Ray picks, so no shared file system
+is needed: the task takes the cell folder's files with it (a resumed cell's checkpoint); each
+checkpoint it saves is posted, with the folder's other files, to a ``Mailbox`` actor that the
+driver empties into the run folder as it waits; and the task returns every file it wrote. The
+driver writes all of them atomically. So a killed worker or node costs a cell the epochs since its
+last checkpoint, which ``--resume`` continues from, and ``results.csv`` is gathered as for the
+other runners.
 """
 
 from __future__ import annotations
 
 import tempfile
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +25,9 @@ from ppl_vae.runner import CellFailure, Progress, attempt
 
 #: what to tell a user whose Python lacks Ray
 INSTALL = "--ray needs Ray, an optional extra: pip install -e '.[ray]' (or pip install 'ray==2.60.0')"
+
+#: seconds between a worker's looks for a new checkpoint, and between the driver's looks in the mailbox
+POLL = 0.25
 
 
 def import_ray():
@@ -33,19 +40,63 @@ def import_ray():
 
 
 def folder_files(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder``, by its path relative to it."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()} \
-        if folder.is_dir() else {}
+    """Every file under ``folder`` by its path relative to it, but for ``atomic_write``'s temporary
+    files (written while a cell runs: half a file)."""
+    paths = sorted(folder.rglob("*")) if folder.is_dir() else []
+    return {str(p.relative_to(folder)): p.read_bytes() for p in paths
+            if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".tmp"))}
 
 
-def run_shipped(task: CellTask, files: dict[str, bytes]) -> tuple[dict | CellFailure, dict[str, bytes]]:
-    """On a Ray worker: the cell in a temporary folder holding ``files``; its result and every file it wrote."""
+def write_files(folder: Path, files: dict[str, bytes]) -> None:
+    """``files`` (from ``folder_files``) into ``folder``, each atomically."""
+    for name, data in files.items():
+        atomic_write(folder / name, lambda p, data=data: p.write_bytes(data))
+
+
+class Mailbox:
+    """A Ray actor that holds the checkpoints posted by running cells until the driver collects them."""
+
+    def __init__(self):
+        self.letters: list[tuple[str, dict[str, bytes]]] = []
+
+    def post(self, cell: str, files: dict[str, bytes]) -> None:
+        self.letters.append((cell, files))
+
+    def collect(self) -> list[tuple[str, dict[str, bytes]]]:
+        letters, self.letters = self.letters, []
+        return letters
+
+
+def post_checkpoints(folder: Path, cell: str, mailbox, stop: threading.Event) -> None:
+    """Until ``stop``: each time ``folder/checkpoint.pt`` changes, post the folder's files to ``mailbox``
+    and wait for the post to land (so every post is in before the task returns)."""
+    checkpoint, seen = folder / "checkpoint.pt", None
+    while not stop.wait(POLL):
+        try:
+            stamp = checkpoint.stat().st_mtime_ns  # written atomically: a checkpoint that exists is whole
+            if stamp != seen:
+                seen = stamp
+                import_ray().get(mailbox.post.remote(cell, folder_files(folder)))
+        except FileNotFoundError:
+            continue
+        except Exception:  # noqa: BLE001 — the driver, and its mailbox, are gone: the task ends with it
+            return
+
+
+def run_shipped(task: CellTask, files: dict[str, bytes], mailbox) -> tuple[dict | CellFailure, dict[str, bytes]]:
+    """On a Ray worker: the cell in a temporary folder holding ``files``, its checkpoints posted to
+    ``mailbox`` as they are saved; its result and every file it wrote."""
     with tempfile.TemporaryDirectory(prefix="ppl-vae-cell-") as tmp:
         folder = Path(tmp)
-        for name, data in files.items():
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_bytes(data)
-        result = attempt(replace(task, folder=folder, progress=False))
+        write_files(folder, files)
+        stop = threading.Event()
+        poster = threading.Thread(target=post_checkpoints, args=(folder, task.cell.name, mailbox, stop), daemon=True)
+        poster.start()
+        try:
+            result = attempt(replace(task, folder=folder, progress=False))
+        finally:
+            stop.set()
+            poster.join()
         return result, folder_files(folder)
 
 
@@ -66,26 +117,31 @@ class RayCells:
         ray = self.ray
         ray.init(address=self.address or "local", log_to_driver=False, configure_logging=False)
         try:
+            mailbox = ray.remote(num_cpus=0)(Mailbox).remote()
             remote = ray.remote(run_shipped)
             pending = {}
             for task in tasks:
                 gpus = self.gpus_per_cell if task.device.startswith("cuda") else 0
                 files = folder_files(task.folder) if task.resume else {}
                 options = remote.options(num_cpus=task.threads or 1, num_gpus=gpus, max_retries=0)
-                pending[options.remote(task, files)] = task
+                pending[options.remote(task, files, mailbox)] = task
+            folders = {task.cell.name: task.folder for task in tasks}
             results, line, waiting = {}, Progress(len(tasks), progress), list(pending)
             while waiting:
-                (ref,), waiting = ray.wait(waiting, num_returns=1)
-                task = pending[ref]
-                try:
-                    result, files = ray.get(ref)
-                except ray.exceptions.RayError as error:  # the worker or its node died
-                    result, files = CellFailure(task.cell.name, f"its Ray task failed ({type(error).__name__}); "
-                                                "rerun with --resume"), {}
-                for name, data in files.items():
-                    atomic_write(task.folder / name, lambda p, data=data: p.write_bytes(data))
-                results[task.cell.name] = result
-                line.ended_cell(result, running=len(waiting))  # "running": handed to Ray, which queues them
+                ended, waiting = ray.wait(waiting, num_returns=1, timeout=POLL)
+                # checkpoints first: an ended cell's last posts are in, and its final files come after them
+                for cell, files in ray.get(mailbox.collect.remote()):
+                    write_files(folders[cell], files)
+                for ref in ended:
+                    task = pending[ref]
+                    try:
+                        result, files = ray.get(ref)
+                    except ray.exceptions.RayError as error:  # the worker or its node died
+                        result, files = CellFailure(task.cell.name, f"its Ray task failed ({type(error).__name__}); "
+                                                    "rerun with --resume"), {}
+                    write_files(task.folder, files)
+                    results[task.cell.name] = result
+                    line.ended_cell(result, running=len(waiting))  # "running": handed to Ray, which queues them
             return [results[task.cell.name] for task in tasks]
         finally:
             ray.shutdown()

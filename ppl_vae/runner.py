@@ -17,16 +17,18 @@ cluster: another scheduler is one more class with a ``run`` method.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from typing import Protocol
 
 import torch
+from tqdm.auto import tqdm
 
 from ppl_vae.cell import CellTask, run_cell
 
@@ -95,7 +97,10 @@ class Sequential:
 
 def _die_with_driver(driver: int) -> None:
     """In a worker process: exit as soon as the driver is gone (killed, say), so that no cell of a
-    stopped run is still writing into its folder when the run is resumed."""
+    stopped run is still writing into its folder when the run is resumed. Ctrl-C (SIGINT to the
+    terminal's process group) is the driver's to act on: it stops the workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())  # not tqdm's default semaphore, which a stopped worker would leave behind
 
     def watch() -> None:
         while os.getppid() == driver:
@@ -126,17 +131,24 @@ class LocalProcesses:
             print(f"note: {len(unset)} cell(s) leave train.threads at 0, so each of the {self.jobs} jobs uses "
                   f"torch's default threads (up to {cores}) and they compete for the {cores} cores; "
                   f"--set train.threads={max(1, cores // self.jobs)} shares them out", flush=True)
-        line = Progress(len(tasks), progress)
+        line, others = Progress(len(tasks), progress), set(active_children())
         with ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"), initializer=_die_with_driver,
                                  initargs=(os.getpid(),)) as pool:
             # the cells' own progress bars are off when several run at once: a line per ended cell instead
             futures = {pool.submit(attempt, replace(task, progress=False)): task for task in spread_over_gpus(tasks)}
             results = {}
-            for future in as_completed(futures):
-                try:
-                    results[future] = future.result()
-                except BrokenProcessPool as error:  # a worker was killed: its cell, and those queued, end here
-                    results[future] = CellFailure(futures[future].cell.name,
-                                                  f"its worker process died ({error}); rerun with --resume")
-                line.ended_cell(results[future], running=min(self.jobs, len(tasks) - line.ended - 1))
+            try:
+                for future in as_completed(futures):
+                    try:
+                        results[future] = future.result()
+                    except BrokenProcessPool as error:  # a worker was killed: its cell, and those queued, end here
+                        results[future] = CellFailure(futures[future].cell.name,
+                                                      f"its worker process died ({error}); rerun with --resume")
+                    line.ended_cell(results[future], running=min(self.jobs, len(tasks) - line.ended - 1))
+            except KeyboardInterrupt:  # Ctrl-C: stop now, not after the queued cells; checkpoints are whole
+                pool.shutdown(wait=False, cancel_futures=True)
+                for worker in set(active_children()) - others:
+                    worker.terminate()
+                    worker.join()
+                raise
             return [results[future] for future in futures]

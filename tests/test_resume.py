@@ -1,9 +1,12 @@
-"""A grid run killed midway, then rerun with ``--resume``, finishes: finished cells are kept byte for
+"""A grid run stopped midway, then rerun with ``--resume``, finishes: finished cells are kept byte for
 byte, interrupted cells continue from their checkpoints (none is trained from scratch twice), and
-the results equal those of a run that was never stopped. Killed: one worker process of
-``--jobs 2``, and separately the driver (its workers must not outlive it)."""
+the results equal those of a run that was never stopped. Stopped: one worker process of
+``--jobs 2`` killed, and separately the driver (its workers must not outlive it), and Ctrl-C
+(SIGINT to the run's process group, as a terminal sends it); one Ray worker of ``--ray`` killed
+(its cell's checkpoints reached the run folder through the driver)."""
 
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -34,18 +37,24 @@ mean_samples = 20
 """
 
 
-def children(pid: int) -> list[int]:
-    """The worker processes of a ``--jobs`` run (its children that run cells, not the resource tracker)."""
+def processes(parent: int | None, command: bytes) -> list[int]:
+    """The processes whose command line holds ``command`` (and whose parent is ``parent``, if given)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            command = (stat.parent / "cmdline").read_bytes()
+            line = (stat.parent / "cmdline").read_bytes()
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == pid and b"spawn_main" in command:
+        if (parent is None or ppid == parent) and command in line:
             found.append(int(stat.parent.name))
     return found
+
+
+def workers(runner: str, driver: int) -> list[int]:
+    """The processes running the cells: for ``--jobs``, the driver's children that run cells (not the
+    resource tracker); for ``--ray``, Ray's workers while they run a cell (Ray names them so)."""
+    return processes(driver, b"spawn_main") if runner == "jobs" else processes(None, b"ray::run_shipped")
 
 
 def alive(pid: int) -> bool:
@@ -80,13 +89,22 @@ def never_stopped(tmp_path_factory) -> list[dict]:
     return results(folder / "out")
 
 
+RUNNERS = {"jobs": ["--jobs", "2"], "ray": ["--ray"]}
+ray_missing = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                                 reason="Ray is an optional extra (pip install -e '.[ray]'); CI installs it")
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through /proc (Linux)")
-@pytest.mark.parametrize("kill", ["worker", "driver"])
-def test_a_killed_grid_resumes_without_training_a_cell_from_scratch_twice(tmp_path, kill, never_stopped):
+@pytest.mark.parametrize("runner, stop", [("jobs", "kill worker"), ("jobs", "kill driver"), ("jobs", "ctrl-c"),
+                                          pytest.param("ray", "kill worker", marks=ray_missing)])
+def test_a_stopped_grid_resumes_without_training_a_cell_from_scratch_twice(tmp_path, runner, stop, never_stopped):
     path, out = tmp_path / "grid.toml", tmp_path / "out"
     path.write_text(GRID)
-    command = [sys.executable, "-m", "ppl_vae.cli", "run", str(path), "--out", str(out), "--jobs", "2"]
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [sys.executable, "-m", "ppl_vae.cli", "run", str(path), "--out", str(out), *RUNNERS[runner]]
+    # a session of its own, so that Ctrl-C can be sent to the run's process group alone
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "w") as stderr:
+        driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     cells = [out / f"seed={s}" for s in range(4)]
     def early(cell: Path) -> bool:  # part-way through its first half: a checkpoint, and far from its summary
         try:
@@ -97,15 +115,18 @@ def test_a_killed_grid_resumes_without_training_a_cell_from_scratch_twice(tmp_pa
     # stop it once one cell has finished and another is early in its training
     wait_for(lambda: any((c / "summary.json").exists() for c in cells) and any(early(c) for c in cells), 300,
              "a finished cell and one early in its training")
-    workers = children(driver.pid)
-    assert len(workers) == 2
-    if kill == "worker":
-        os.kill(workers[0], signal.SIGKILL)
+    running = wait_for(lambda: workers(runner, driver.pid), 30, "the processes running cells")
+    if stop == "kill worker":
+        os.kill(running[0], signal.SIGKILL)
         assert driver.wait(timeout=120) == 1  # the other cells are reported failed, not lost
-    else:
+    elif stop == "kill driver":
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=60)
-    wait_for(lambda: not any(alive(w) for w in workers), 30, "the workers to end with the run")
+    else:
+        os.killpg(driver.pid, signal.SIGINT)
+        assert driver.wait(timeout=30) == 130  # at once, not after the cells still queued
+        assert "interrupted. Finished cells and checkpoints are kept" in errors.read_text()
+    wait_for(lambda: not any(alive(w) for w in running), 30, "the workers to end with the run")
 
     finished = {c: {p: p.read_bytes() for p in c.rglob("*") if p.is_file()}
                 for c in cells if (c / "summary.json").exists()}
