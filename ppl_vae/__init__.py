@@ -6,12 +6,8 @@
 (['dlgm', 'vae'], ['bernoulli', 'delta', 'gaussian', 'iaf', 'structured'], ['analytic', 'iw', 'mc'])
 """
 
-import pyro
-
-# Parameters live in their modules, not in Pyro's global param store: two models that both
-# have a "decoder" never share weights.
-pyro.settings.set(module_local_params=True)
-
+# Importing the toolkit changes none of Pyro's settings: each pair it trains keeps its parameters
+# in a param store of its own (``ppl_vae.pairs``), whatever ``module_local_params`` says.
 from ppl_vae import guides, models  # noqa: E402  (registers the bundled models and guides)
 from ppl_vae import objectives  # noqa: E402,F401  (registers the estimators)
 from ppl_vae import dsprites  # noqa: E402,F401  (registers the dsprites dataset)

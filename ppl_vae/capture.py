@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import pyro
@@ -37,7 +38,7 @@ from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.func import functional_call
 
-from ppl_vae.handlers import FreeBits, KLWeight
+from ppl_vae.handlers import FreeBits, GlobalShare, KLWeight
 from ppl_vae.random_state import rng_state, set_rng_state
 
 #: a replayed gradient passes when ||replayed - eager|| <= GRAD_RTOL * ||eager|| + GRAD_ATOL, per parameter
@@ -97,6 +98,8 @@ class TrainingLoss:
     :param loss_fn: an ``ELBOModule`` (``estimator(model, guide)``).
     :param capture: trace and replay; ``False`` runs every step eagerly.
     :param free_bits: free-bits nats per dimension by latent site (``handlers.FreeBits``).
+    :param global_sites: latent sites shared by all data, whose log-densities a batch of B rows out
+        of ``data_size`` scales by B / ``data_size`` (``handlers.GlobalShare``).
     :param compile: compile each captured graph with Inductor (``torch.compile``), which fuses its
         element-wise operations into a few loops; a graph that fails to compile, or whose first
         compiled step differs from the eager one, is replayed uncompiled with a ``CaptureWarning``.
@@ -105,8 +108,9 @@ class TrainingLoss:
     """
 
     def __init__(self, loss_fn: nn.Module, capture: bool = True, free_bits: dict[str, float] | None = None,
-                 compile: bool = False):
+                 compile: bool = False, global_sites: tuple[str, ...] = (), data_size: int = 0):
         self.loss_fn, self.capture, self.free_bits = loss_fn, capture, dict(free_bits or {})
+        self.global_sites, self.data_size = tuple(global_sites), data_size
         self.compile, self.compile_seconds = compile, 0.0
         self.graphs: dict[tuple, JointGraph | None] = {}  # batch (shape, dtype, device) -> graph
         # the graph's inputs: the pair's parameters and buffers (updated in place by optimiser and
@@ -151,8 +155,16 @@ class TrainingLoss:
                 g = torch.empty_strided(p.shape, p.stride(), dtype=g.dtype, device=g.device).copy_(g)
             p.grad = g
 
+    def _handlers(self, x: torch.Tensor, weight: torch.Tensor, release: torch.Tensor) -> ExitStack:
+        """The KL weight, the free-bits floors and the global sites' share of the batch, as handlers."""
+        stack = ExitStack()
+        for handler in (KLWeight(weight), FreeBits(self.free_bits, release),
+                        GlobalShare(self.global_sites, len(x) / self.data_size if self.global_sites else 1.0)):
+            stack.enter_context(handler)
+        return stack
+
     def _eager(self, x: torch.Tensor, weight: torch.Tensor, release: torch.Tensor) -> torch.Tensor:
-        with KLWeight(weight), FreeBits(self.free_bits, release):
+        with self._handlers(x, weight, release):
             return self.loss_fn(x)
 
     def _first(self, x, weight, scale, release, key: tuple) -> torch.Tensor:
@@ -171,7 +183,7 @@ class TrainingLoss:
 
         def joint(*tensors):
             *state, x, weight, scale, release = tensors
-            with KLWeight(weight), FreeBits(self.free_bits, release):
+            with self._handlers(x, weight, release):
                 value = functional_call(self.loss_fn, dict(zip(self.names, state)), (x,)) * scale
             grads = torch.autograd.grad(value, [state[i] for i in trainable], allow_unused=True)
             grad_of[:] = [i for i, g in zip(trainable, grads) if g is not None]  # unused parameters get none

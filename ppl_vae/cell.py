@@ -8,6 +8,8 @@ gives its numbers again.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import pickle
 import time
@@ -20,7 +22,7 @@ import pyro
 import torch
 
 from ppl_vae import board, collapse, diagnostics, plots, study
-from ppl_vae.experiment_file import SECTIONS, Cell, diagnostics_config, import_plugins
+from ppl_vae.experiment_file import SECTIONS, Cell, diagnostics_config, import_plugins, pair_reference
 from ppl_vae.io import load_tensors, write_json, write_text
 from ppl_vae.registry import DATASETS, GUIDES, MODELS, ConfigError
 from ppl_vae.config import TrainConfig
@@ -58,15 +60,38 @@ def load_data(config: dict):
 
 
 def build(config: dict, data=None):
-    """Data, model, guide and TrainConfig of a validated cell config; the pair is seeded by ``train.seed``."""
+    """Data, model, guide and TrainConfig of a validated cell config; the pair is seeded by ``train.seed``.
+    A ``[model]`` or ``[guide]`` may name Pyro code instead of a registered name
+    (``experiment_file.PairReference``)."""
     import_plugins(config)
     train = TrainConfig(**config.get("train", {}))
-    options = {s: dict(config[s]) for s in ("model", "guide")}
     data = data or load_data(config)
     pyro.set_rng_seed(train.seed)
-    model = MODELS[options["model"].pop("name")](data.data_shape, **options["model"])
-    guide = GUIDES[options["guide"].pop("name")](model, **options["guide"])
+    made: dict[Any, Any] = {}  # a factory's product, shared by the model and the guide that name it
+    model = make("model", config["model"], MODELS, (data.data_shape,), made, data.data_shape)
+    guide = make("guide", config["guide"], GUIDES, (model,), made, data.data_shape)
     return data, model, guide, train
+
+
+def make(section: str, options: dict, registry, args: tuple, made: dict, data_shape: tuple):
+    """The ``[model]`` or ``[guide]`` of a cell: a registered factory called with ``args`` and the
+    section's options, or the Pyro code its name refers to."""
+    options = dict(options)
+    name = options.pop("name")
+    reference = pair_reference(name, section)
+    if reference is None:
+        return registry[name](*args, **options)
+    if reference.kind == "callable":
+        return reference.target
+    if reference.kind == "autoguide":
+        return reference.target(*args, **options)
+    if reference.target in made and options:
+        raise ConfigError(f"[{section}] {name!r}: the {reference.target.__name__} that [model] made serves the "
+                          f"guide too; give its options ({', '.join(sorted(options))}) in [model] alone")
+    if reference.target not in made:
+        takes_shape = "data_shape" in inspect.signature(reference.target).parameters
+        made[reference.target] = reference.target(**options, **({"data_shape": data_shape} if takes_shape else {}))
+    return functools.reduce(getattr, reference.attribute.split("."), made[reference.target])
 
 
 def preflight(configs: list[dict]) -> None:
@@ -126,6 +151,7 @@ def _run_cell(task: CellTask) -> dict:
     start = time.time()
     data, model, guide, train = build(config)
     trainer = Trainer(model, guide, data, train, device=task.device, progress=task.progress)
+    model, guide = trainer.model, trainer.guide  # a pair of Pyro code, as the trainer runs it (pairs.as_pair)
     if task.resume and checkpoint.exists():
         trainer.load(checkpoint)
     resumed_from = trainer.epoch  # 0 for a cell that starts afresh

@@ -22,7 +22,7 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
 from ppl_vae.config import DiagnosticsConfig
-from ppl_vae.diagnostics import decode, evaluate, importance_log_likelihood, prior_draws
+from ppl_vae.diagnostics import ImportanceEstimate, decode, evaluate, global_sites, importance_log_likelihood, prior_draws
 
 #: Burda et al. (2016): a unit is active when Cov_x(E_q[u | x]) exceeds this
 ACTIVE_THRESHOLD = 0.01
@@ -36,10 +36,13 @@ def _latent_sites(trace, names=None) -> dict:
 
 def _guide_sites(guide, data: torch.Tensor, num_samples: int, batch_size: int):
     """Run ``guide`` on ``data`` ``batch_size`` rows at a time with ``num_samples`` particles; yields
-    each batch and its latent sites (values ``[S, B, D]`` or broadcastable to it)."""
+    each batch and its per-datapoint latent sites (values ``[S, B, D]`` or broadcastable to it; the
+    global sites, shared by all data, are left out: active units and information are per datapoint)."""
+    shared = global_sites(guide)
     for x in data.split(batch_size):
         with pyro.plate("particles", num_samples, dim=-2):
-            yield x, _latent_sites(poutine.trace(guide).get_trace(x))
+            sites = _latent_sites(poutine.trace(guide).get_trace(x))
+        yield x, {name: site for name, site in sites.items() if name not in shared}
 
 
 @torch.no_grad()
@@ -106,6 +109,8 @@ def latent_information(model, guide, data: torch.Tensor, num_samples: int = 1,
     time. I_q(x; z) <= log N: with few data it is biased low for a well-used latent.
     """
     ((_, draws),) = _guide_sites(guide, data, num_samples, len(data))
+    if not draws:  # no per-datapoint latent (a model of global latents alone): nothing to inform about x
+        return LatentInformation(kl=0.0, mi=0.0, marginal_kl=0.0)
     values = {name: site["value"].expand(num_samples, len(data), *site["fn"].event_shape).transpose(0, 1)
               .reshape(len(data) * num_samples, -1) for name, site in draws.items()}  # [N * S, D], datapoint-major
     owner = torch.arange(len(data), device=data.device).repeat_interleave(num_samples)
@@ -145,19 +150,23 @@ def diagnose(model, guide, data: torch.Tensor, config: DiagnosticsConfig | None 
     k-hat exceeds 0.7), ``active_units`` (Burda et al. 2016) and the decomposition
     ``kl`` ~ ``mi`` + ``marginal_kl`` (Hoffman & Johnson 2016; its own Monte Carlo ``info_kl``).
     ``analytic_kl``: closed-form KLs where registered; only for a mean-field guide (as the
-    ``analytic`` estimator).
+    ``analytic`` estimator). A model with global latent sites (``pairs.Program``) gets their KLs as
+    ``kl_global``, per-datapoint diagnostics over its other sites, and no importance-weighted
+    log p(x) (NaN): its weights would mix the data's shared sites into each datapoint's.
     """
     config = config or DiagnosticsConfig()
     x = data[: config.rows]
     terms = evaluate(model, guide, x, analytic_kl, num_particles=config.particles)
-    iw = importance_log_likelihood(model, guide, x, config.iw_samples, config.chunk_size, khat=True)
+    nan = torch.full((len(x),), math.nan, device=x.device)
+    iw = (ImportanceEstimate(nan, nan, nan) if global_sites(model) else
+          importance_log_likelihood(model, guide, x, config.iw_samples, config.chunk_size, khat=True))
     units = active_units(guide, x, config.mean_samples)
     info = latent_information(model, guide, x, config.info_samples)
     return {
         "rows": len(x), **terms, "recon_per_dim": terms["recon"] / x[0].numel(),
         "log_px_iw": iw.log_px.mean().item(), "gap": iw.gap.mean().item(), "iw_samples": config.iw_samples,
         "log_px_iw_stderr": (iw.log_px.std() / math.sqrt(len(x))).item() if len(x) > 1 else math.nan,
-        "khat_share": (iw.khat > 0.7).float().mean().item(),
+        "khat_share": (iw.khat > 0.7).float().mean().item() if not global_sites(model) else math.nan,
         "active_units": units["count"], "active_units_sites": units["sites"],
         "latent_dims": {site: len(v) for site, v in units["variance"].items()},
         "mi": info.mi, "marginal_kl": info.marginal_kl, "info_kl": info.kl,

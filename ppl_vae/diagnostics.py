@@ -25,20 +25,33 @@ from tqdm.auto import tqdm
 from ppl_vae.registry import IncompatiblePairError
 
 
+def observed_site(model) -> str:
+    """The site where ``model`` observes the data: ``"x"`` for the toolkit's models, else discovered
+    (``pairs.Program.observed_site``)."""
+    return getattr(model, "observed_site", "x")
+
+
+def global_sites(model) -> tuple[str, ...]:
+    """The model's latent sites shared by all data (none for the toolkit's models)."""
+    return tuple(getattr(model, "global_sites", ()))
+
+
 @dataclass
 class ElboTerms:
     """Per-datapoint terms in nats: ``recon`` ``[B]``, ``kl[site]`` ``[B]``, ``kl_dims[site]`` ``[B, D]``,
-    and ``recon_dims`` ``[B, *data_shape]`` where the likelihood factorises over data dimensions."""
+    and ``recon_dims`` ``[B, *data_shape]`` where the likelihood factorises over data dimensions;
+    ``kl_global[site]``: a one-draw estimate of the KL of each global latent site, in nats (0-dim)."""
 
     recon: torch.Tensor
     kl: dict[str, torch.Tensor]
     kl_dims: dict[str, torch.Tensor] = field(default_factory=dict)
     recon_dims: torch.Tensor | None = None
+    kl_global: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def loss(self) -> torch.Tensor:
-        """Negative ELBO per datapoint."""
-        return self.recon + sum(self.kl.values())
+        """Negative ELBO per datapoint, the global sites' KLs left out (they are not per datapoint)."""
+        return self.recon + sum(self.kl.values(), torch.zeros_like(self.recon))
 
 
 def site_kl(q, p, z, analytic: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -75,7 +88,7 @@ def elbo_terms(model, guide, x: torch.Tensor, analytic_kl: bool = False) -> Elbo
     """
     model_trace, guide_trace = trace_pair(model, guide, x)
     recon, recon_dims = torch.zeros(x.shape[0], device=x.device), None
-    kl, kl_dims = {}, {}
+    kl, kl_dims, kl_global, shared = {}, {}, {}, global_sites(model)
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample":
             continue
@@ -83,11 +96,23 @@ def elbo_terms(model, guide, x: torch.Tensor, analytic_kl: bool = False) -> Elbo
             recon = recon - site["fn"].log_prob(site["value"])
             if isinstance(site["fn"], Independent):
                 recon_dims = -site["fn"].base_dist.log_prob(site["value"])
+        elif name in shared:
+            kl_global[name] = site_kl(guide_trace.nodes[name]["fn"], site["fn"], site["value"], analytic_kl)[0].sum()
         else:
             kl[name], per_dim = site_kl(guide_trace.nodes[name]["fn"], site["fn"], site["value"], analytic_kl)
             if per_dim is not None:
                 kl_dims[name] = per_dim
-    return ElboTerms(recon, kl, kl_dims, recon_dims)
+    for name, site in guide_trace.nodes.items():  # the guide's own (auxiliary) sites: their log q
+        if site["type"] == "sample" and name not in model_trace.nodes:
+            # an autoguide's "mu_unconstrained" goes with "mu"; another (a joint latent) under its own name
+            owner = name.removesuffix("_unconstrained")
+            owner = owner if owner in model_trace.nodes else name
+            log_q = site["fn"].log_prob(site["value"])
+            if name in shared:
+                kl_global[owner] = kl_global.get(owner, 0) + log_q.sum()
+            else:
+                kl[owner] = kl.get(owner, 0) + log_q
+    return ElboTerms(recon, kl, kl_dims, recon_dims, kl_global)
 
 
 @torch.no_grad()
@@ -96,31 +121,43 @@ def evaluate(model, guide, data: torch.Tensor, analytic_kl: bool = False, chunk_
     """Dataset means of the ELBO terms, in nats per example, computed in chunks without gradients,
     averaged over ``num_particles`` draws of z per datapoint.
 
-    Returns ``{"loss", "recon", "kl", "kl_sites": {site: float}, "kl_dims": {site: [float]}}``.
+    Returns ``{"loss", "recon", "kl", "kl_sites": {site: float}, "kl_dims": {site: [float]}}``, and for
+    a model with global latent sites (``pairs.Program``) ``kl_global``: ``{site: nats}``, each the
+    KL of the whole site. In ``loss`` and ``kl`` each counts once per pass over the model's
+    ``data_size`` training examples (its KL / N per example), as in the full-data ELBO it trains;
+    ``kl_sites`` and ``kl_dims`` hold the per-datapoint sites only.
     """
     sums: dict[str, torch.Tensor] = {}
+    shared: dict[str, list[torch.Tensor]] = {}
     for x in data.split(chunk_size):
         left = num_particles
         while left:  # several particles per pass, as repeated rows, up to chunk_size rows
             copies = min(left, max(1, chunk_size // len(x)))
             left -= copies
             terms = elbo_terms(model, guide, x.repeat(copies, *[1] * (x.dim() - 1)), analytic_kl)
-            parts = {"loss": terms.loss, "recon": terms.recon, "kl": sum(terms.kl.values())}
+            parts = {"loss": terms.loss, "recon": terms.recon, "kl": sum(terms.kl.values(), torch.zeros_like(terms.recon))}
             parts |= {f"kl_sites/{s}": v for s, v in terms.kl.items()}
             parts |= {f"kl_dims/{s}": v for s, v in terms.kl_dims.items()}
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0) + value.sum(0)
+            for site, value in terms.kl_global.items():
+                shared.setdefault(site, []).append(value)
     means = {k: (v / (len(data) * num_particles)).tolist() for k, v in sums.items()}  # one copy per term
     out = {k: means[k] for k in ("loss", "recon", "kl")}
     for group in ("kl_sites", "kl_dims"):
         out[group] = {k.split("/", 1)[1]: v for k, v in means.items() if k.startswith(group + "/")}
+    if shared:
+        out["kl_global"] = {site: torch.stack(v).mean().item() for site, v in shared.items()}
+        per_example = sum(out["kl_global"].values()) / (getattr(model, "data_size", None) or len(data))
+        out["loss"] += per_example
+        out["kl"] += per_example
     return out
 
 
 @torch.no_grad()
 def reconstruct(model, guide, x: torch.Tensor) -> torch.Tensor:
     """Mean of p(x | z) at z ~ q(z | x): the pair's reconstruction of ``x``."""
-    return trace_pair(model, guide, x)[0].nodes["x"]["fn"].mean
+    return trace_pair(model, guide, x)[0].nodes[observed_site(model)]["fn"].mean.reshape(x.shape)
 
 
 def model_device(model) -> torch.device:
@@ -140,8 +177,8 @@ def prior_sites(model, n: int = 1, device: str | torch.device | None = None, dra
     placeholder = torch.zeros(n, *model.data_shape, device=device)  # the latents do not depend on x
     held = {} if draw else {s: torch.zeros(n, d, device=device) for s, d in model.latent_dims.items()}
     trace = prune_subsample_sites(poutine.trace(poutine.condition(model, held)).get_trace(placeholder))
-    return {name: site for name, site in trace.nodes.items()
-            if site["type"] == "sample" and (not site["is_observed"] or name in held)}
+    return {name: site for name, site in trace.nodes.items() if site["type"] == "sample"
+            and (not site["is_observed"] or name in held) and name not in global_sites(model)}
 
 
 def prior_draws(model, n: int, device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
@@ -167,7 +204,8 @@ def decode(model, latents: dict[str, torch.Tensor], n: int | None = None,
     if device is None:  # where the given values are, else where the model's tensors are
         device = first.device if first is not None else model_device(model)
     placeholder = torch.zeros(n, *model.data_shape, device=device)  # p(x | z) does not depend on the value
-    return poutine.trace(poutine.condition(model, data=latents)).get_trace(placeholder).nodes["x"]["fn"].mean
+    trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(placeholder)
+    return trace.nodes[observed_site(model)]["fn"].mean.reshape(placeholder.shape)
 
 
 def log_importance_weights(model, guide, *args, num_samples: int, reparameterised: bool = False,

@@ -2,7 +2,8 @@
 mode, expand ``[grid]`` into cells, and validate every key before any work.
 
 An experiment file has the sections ``[data]``, ``[model]``, ``[guide]`` (each a registered
-``name`` plus that factory's keyword arguments), ``[train]`` (the fields of
+``name`` plus that factory's keyword arguments; or, for the pair, Pyro code of the user's own, see
+``pair_reference``), ``[train]`` (the fields of
 ``config.TrainConfig``), and optionally ``[diagnostics]`` (the fields of
 ``config.DiagnosticsConfig``), ``[grid]``, ``report`` (a study, ``ppl_vae.studies``),
 ``description`` and ``imports`` (modules to import first, e.g. ones registering new pairs).
@@ -28,7 +29,7 @@ import sys
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ppl_vae import study
 from ppl_vae.config import DiagnosticsConfig, TrainConfig
@@ -155,8 +156,11 @@ def quick(config: dict) -> dict:
     config["train"]["compile"] = False
     config.setdefault("data", {})["limit"] = QUICK["limit"]
     for section in ("model", "guide"):
-        if "hidden" in config.get(section, {}):
-            config[section]["hidden"] = [min(w, QUICK["width"]) for w in config[section]["hidden"]]
+        hidden = config.get(section, {}).get("hidden")
+        if isinstance(hidden, list):  # widths, one per layer
+            config[section]["hidden"] = [min(w, QUICK["width"]) for w in hidden]
+        elif isinstance(hidden, int):  # one width (a pair of the user's own, say)
+            config[section]["hidden"] = min(hidden, QUICK["width"])
     n = QUICK["grid_values"]
     config["grid"] = {k: {name: {key: _quick_value(key, value) for key, value in keys.items()}
                           for name, keys in list(v.items())[:n]} if isinstance(v, dict)
@@ -216,7 +220,14 @@ def validate(cell: dict) -> TrainConfig:
         if "name" not in options:
             raise ConfigError(f"[{section}] needs a name; registered: {', '.join(sorted(registry))}")
         name = options.pop("name")
-        check_kwargs(registry[name], options, section, skip=("data_shape", "model"))
+        reference = pair_reference(name, section) if section != "data" else None
+        if reference is None:
+            check_kwargs(registry[name], options, section, skip=("data_shape", "model"))
+        elif reference.kind != "callable":
+            check_kwargs(reference.target, options, section, skip=("data_shape", "model"))
+        elif options:
+            raise ConfigError(f"[{section}] {name!r} is used as it is, so it takes no options, but "
+                              f"{', '.join(sorted(options))} given: name a factory instead (\"module:Factory.method\")")
     train = section_config(TrainConfig, cell, "train")
     diagnostics_config(cell)
     return train
@@ -247,3 +258,43 @@ def import_plugins(cell: dict) -> None:
             importlib.import_module(module)
         except ImportError as error:
             raise ConfigError(f"imports: cannot import {module!r} ({error}); run from the folder that holds it") from error
+
+
+@dataclass(frozen=True)
+class PairReference:
+    """A model or guide that an experiment file names as Pyro code rather than a registered name.
+
+    - ``"module:function"``: the callable itself (``model(x)``, ``guide(x)``), used as it is;
+    - ``"module:Factory.attribute"``: ``Factory(**options)`` built once per cell (with the cell's
+      ``data_shape`` too where it takes one), then its ``attribute``: the model and the guide of
+      one module, ``"my_pairs:VAE.model"`` and ``"my_pairs:VAE.guide"``, share one instance, made
+      with the options of ``[model]``;
+    - for a guide, the name of an autoguide of ``pyro.infer.autoguide`` (``"AutoNormal"``), built
+      as ``AutoNormal(model, **options)``.
+    """
+
+    kind: Literal["callable", "factory", "autoguide"]
+    target: Any  # the callable, the factory or the autoguide class
+    attribute: str = ""  # what to take from the factory's product
+
+
+def pair_reference(name: str, section: str) -> PairReference | None:
+    """``name`` of a ``[model]`` or ``[guide]`` read as Pyro code (see ``PairReference``), or None for
+    a registered name. A module is imported from the working directory too."""
+    if ":" in name:
+        module_name, _, path = name.partition(":")
+        import_plugins({"imports": [module_name]})
+        root, _, attribute = path.partition(".")
+        target = getattr(sys.modules[module_name], root, None)
+        if target is None or not callable(target):
+            raise ConfigError(f"[{section}] name = {name!r}: module {module_name!r} has no callable {root!r}")
+        return PairReference("factory" if attribute else "callable", target, attribute)
+    if section == "guide" and name.startswith("Auto") and name not in GUIDES:
+        from pyro.infer import autoguide
+
+        target = getattr(autoguide, name, None)
+        if not isinstance(target, type):
+            raise ConfigError(f"[guide] name = {name!r} is neither a registered guide ({', '.join(sorted(GUIDES))}) "
+                              "nor an autoguide of pyro.infer.autoguide (AutoNormal, AutoDiagonalNormal, ...)")
+        return PairReference("autoguide", target)
+    return None

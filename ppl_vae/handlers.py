@@ -134,3 +134,31 @@ class FreeBitsRelease:
 
     def __call__(self, step: int) -> float:
         return 1.0 if self.release_steps <= 0 else max(0.0, 1.0 - step / self.release_steps)
+
+
+class GlobalShare(Messenger):
+    """Scale the log-densities of the named (global) latent sites by ``share``, in the model and the
+    guide alike: with ``share`` = B / N for a minibatch of B rows out of N, a global site's KL counts
+    once per pass over the data, and a minibatch's loss is B / N times an unbiased estimate of the
+    full-data negative ELBO (Hoffman et al. 2013, Sec. 2.4; what ``pyro.plate(..., subsample_size=B)``
+    does by scaling the per-datapoint sites by N / B instead).
+
+    >>> import pyro, pyro.distributions as dist, pyro.poutine as poutine
+    >>> def model():
+    ...     pyro.sample("w", dist.Normal(0., 1.))
+    ...     pyro.sample("x", dist.Normal(0., 1.), obs=0.)
+    >>> with GlobalShare(["w"], 0.25):
+    ...     trace = poutine.trace(model).get_trace()
+    >>> trace.nodes["w"]["scale"], trace.nodes["x"]["scale"]
+    (0.25, 1.0)
+    """
+
+    def __init__(self, sites, share: float = 1.0):
+        super().__init__()
+        if not 0 < share <= 1:
+            raise ValueError(f"a global site's share of a pass must be in (0, 1], got {share}")
+        self.sites, self.share = frozenset(sites), share
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and msg["name"] in self.sites and not msg["is_observed"]:
+            msg["scale"] = self.share * msg["scale"]

@@ -90,7 +90,13 @@ class ElboEstimator(DeviceELBO, Trace_ELBO):
         self.analytic_kl, self.free_bits = analytic_kl, free_bits
 
     def _get_traces(self, model, guide, args, kwargs):
-        if self.analytic_kl and not getattr(guide, "mean_field", True):
+        mean_field = getattr(guide, "mean_field", True)
+        if self.analytic_kl and mean_field is None:  # Pyro code of the user's own that does not say
+            raise IncompatiblePairError(
+                f"estimator 'analytic' needs a mean-field guide, and guide {getattr(guide, "name", type(guide).__name__)} does not say whether it is one: "
+                "set mean_field = True on it (or on the module whose method it is) if each latent's q depends on "
+                "x alone, or use estimator 'mc' or 'iw'")
+        if self.analytic_kl and not mean_field:
             raise IncompatiblePairError(
                 f"estimator 'analytic' is invalid for guide {type(guide).__name__}: it is not mean-field "
                 "(a latent's guide depends on another latent), so the analytic KL would be wrong; "
@@ -131,6 +137,9 @@ class ElboEstimator(DeviceELBO, Trace_ELBO):
             return _score_function_elbo(model_trace, guide_trace)
         terms = [site["log_prob_sum"] if site["is_observed"] else self._site_term(site, guide_trace.nodes[name])
                  for name, site in sites]
+        # the guide's own sites (an autoguide's auxiliary draws, say): their -log q is part of the bound
+        terms += [-site["log_prob_sum"] for name, site in guide_trace.nodes.items()
+                  if site["type"] == "sample" and name not in model_trace.nodes]
         return functools.reduce(operator.add, terms)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:

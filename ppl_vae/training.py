@@ -2,10 +2,10 @@
 
 The estimator turns the pair into an ``ELBOModule`` (a ``torch.nn.Module`` whose ``forward(x)`` is
 the loss and whose ``parameters()`` are the model's and the guide's), and a plain ``torch.optim.Adam``
-steps it. With ``pyro.settings.set(module_local_params=True)`` (set on import of ``ppl_vae``) the
-parameters live in the modules, not in Pyro's global param store, so two pairs never share them
-and networks held as plain ``nn.Module`` children are trained too. Data stay on the training
-device and batches are drawn by index; losses are read back once per epoch.
+steps it. Any pair that ``pyro.infer.SVI`` runs is taken (``pairs.as_pair``): its parameters are
+found as Pyro finds them and kept in a param store of the pair's own, so two pairs never share
+them, and Pyro's global store and settings are left alone. Data stay on the training device and
+batches are drawn by index; losses are read back once per epoch.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from ppl_vae.diagnostics import evaluate
 from ppl_vae.handlers import FreeBitsRelease, KLSchedule
 from ppl_vae.io import load_tensors, save_tensors
 from ppl_vae.models.likelihoods import check_data
+from ppl_vae.pairs import Program, as_pair
 from ppl_vae.nonfinite import EpochSnapshot, NonFiniteLossError, step_error, unexplained_error
 from ppl_vae.random_state import preserved_rng, rng_state, set_rng_state
-from ppl_vae.registry import ESTIMATORS, ConfigError
+from ppl_vae.registry import ESTIMATORS, ConfigError, IncompatiblePairError
 
 __all__ = ["Trainer", "TrainConfig", "NonFiniteLossError", "adam", "cpu_threads", "resolve_device"]
 
@@ -91,6 +92,13 @@ class Trainer:
         self.config = config = config or TrainConfig()
         self.device = resolve_device(device)
         check_data(model, data)
+        model, guide = as_pair(model, guide, data.train_eval[:3])  # any pair SVI runs; its parameters made
+        if isinstance(model, Program):
+            model.data_size = len(data.train)  # the share of the global sites' KL in a minibatch
+            if model.global_sites and config.estimator == "iw":
+                raise IncompatiblePairError(
+                    f"estimator 'iw' takes a log-mean-exp per datapoint, but the pair's latent site(s) "
+                    f"{', '.join(map(repr, model.global_sites))} are shared by all data: use estimator 'mc'")
         self.model, self.guide = model.to(self.device), guide.to(self.device)
         self.data, self.progress = data.to(self.device), progress
         self.loss_fn = ESTIMATORS[config.estimator](config.num_particles, config.free_bits)(self.model, self.guide)
@@ -102,7 +110,8 @@ class Trainer:
         self.optimizer = adam(self.loss_fn.parameters(), config.lr)
         gamma = (config.lr_final / config.lr) ** (1 / total) if config.lr_final else 1.0
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma)
-        self.loss = TrainingLoss(self.loss_fn, config.capture, config.free_bits_sites, config.compile)
+        self.loss = TrainingLoss(self.loss_fn, config.capture, config.free_bits_sites, config.compile,
+                                 getattr(self.model, "global_sites", ()), len(self.data.train))
         self.kl_weight = torch.zeros((), device=self.device)  # inputs of the captured loss, set each step
         self.scale = torch.ones((), device=self.device, dtype=self.data.train.dtype)
         self.release = torch.ones((), device=self.device, dtype=self.data.train.dtype)
