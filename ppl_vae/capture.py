@@ -20,9 +20,10 @@ condition: the pair's structure must not depend on data values. Tracing on fake 
 enforces that — a pair that branches on a value (``if z.sum() > 0``) cannot be traced — and
 the first replay must reproduce the eager loss **and every parameter's gradient** from the same
 random state. A pair that fails either check is run eagerly, with a ``CaptureWarning`` saying
-why. Plain Python numbers that a pair reads (a temperature held as a float attribute, say) are
-frozen at capture: change them and the replay does not see it; set ``train.capture = false``
-for such pairs.
+why. Plain Python numbers that a pair reads (a temperature held as a float attribute, say), and
+tensors it holds outside its parameters and buffers (a prior's location made once, in a Pyro
+user's ``PyroSample``), are frozen at capture: change them and the replay does not see it; set
+``train.capture = false`` for such pairs.
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ class TrainingLoss:
 
         try:
             with pyro.validation_enabled(False):
-                graph = make_fx(joint, tracing_mode="fake")(*self.state, *inputs)
+                graph = make_fx(joint, tracing_mode="fake", _allow_non_fake_inputs=True)(*self.state, *inputs)
         except Exception as error:  # noqa: BLE001 — whatever stops the tracer, the pair still runs eagerly
             return self._eagerly(f"the training loss could not be captured and runs eagerly: {_reason(error)}")
         graph.graph.eliminate_dead_code()

@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -15,10 +16,12 @@ import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
+from pyro.nn import PyroModule, PyroSample
 from pyro.optim import Adam
 from pyro_pairs import TutorialVAE
 
 from ppl_vae import DATASETS, Dataset, IncompatiblePairError, TrainConfig, Trainer
+from ppl_vae.capture import CaptureWarning
 from ppl_vae.diagnostics import evaluate
 from ppl_vae.experiment import run
 from ppl_vae.models import GaussianVAE, StandardNormal
@@ -173,6 +176,19 @@ def conjugate_model(x):
         pyro.sample("obs", dist.Normal(mu, 1.0).to_event(1), obs=x)
 
 
+class ConjugateMean(PyroModule):
+    """The same model as a PyroModule with a PyroSample prior (its location a tensor made once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mu = PyroSample(dist.Normal(torch.zeros(D), 1.0).to_event(1))
+
+    def forward(self, x):
+        mu = self.mu
+        with pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Normal(mu, 1.0).to_event(1), obs=x)
+
+
 def closed_form_negative_elbo(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> float:
     """-ELBO(q) of the full data for q(mu) = N(loc, diag(scale^2)), in closed form."""
     n = len(x)
@@ -182,17 +198,21 @@ def closed_form_negative_elbo(x: torch.Tensor, loc: torch.Tensor, scale: torch.T
     return (kl - expected_log_lik).item()
 
 
-def test_a_global_sites_kl_counts_once_per_pass_over_the_data():
+@pytest.mark.parametrize("model", [conjugate_model, ConjugateMean], ids=["function", "PyroModule"])
+def test_a_global_sites_kl_counts_once_per_pass_over_the_data(model):
+    model = model() if model is ConjugateMean else model
     x = 2.0 + torch.randn(N, D, generator=torch.Generator().manual_seed(0))
     data = Dataset("conjugate", x, x[:20].clone())
     posterior_mean, posterior_sd = x.sum(0) / (N + 1), (N + 1) ** -0.5
     # counted once per batch of 10, the prior would weigh 10 times as much: mean sum x / (N + 10)
     assert (posterior_mean - x.sum(0) / (N + 10)).abs().min() > 0.15
     pyro.set_rng_seed(1)
-    guide = AutoNormal(conjugate_model)
-    trainer = Trainer(conjugate_model, guide, data, TrainConfig(epochs=300, batch_size=10, lr=0.05, lr_final=1e-3))
+    guide = AutoNormal(model)
+    trainer = Trainer(model, guide, data, TrainConfig(epochs=300, batch_size=10, lr=0.05, lr_final=1e-3))
     assert trainer.model.sites.global_ == ("mu", "mu_unconstrained") and trainer.model.sites.local == {}
-    trainer.fit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CaptureWarning)  # captured, a PyroSample's constant prior included
+        trainer.fit()
     with trainer.model.params.scope():
         loc, scale = guide.locs.mu.detach(), guide.scales.mu.detach()
     assert loc == pytest.approx(posterior_mean, abs=0.02)
