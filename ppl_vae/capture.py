@@ -159,9 +159,10 @@ class TrainingLoss:
     def _handlers(self, x: torch.Tensor, weight: torch.Tensor, release: torch.Tensor) -> ExitStack:
         """The KL weight, the free-bits floors and the global sites' share of the batch, as handlers."""
         stack = ExitStack()
-        for handler in (KLWeight(weight), FreeBits(self.free_bits, release),
-                        GlobalShare(self.global_sites, len(x) / self.data_size if self.global_sites else 1.0)):
-            stack.enter_context(handler)
+        stack.enter_context(KLWeight(weight))
+        stack.enter_context(FreeBits(self.free_bits, release))
+        if self.global_sites:  # a pair with latents shared by all data (none for the bundled pairs)
+            stack.enter_context(GlobalShare(self.global_sites, len(x) / self.data_size))
         return stack
 
     def _eager(self, x: torch.Tensor, weight: torch.Tensor, release: torch.Tensor) -> torch.Tensor:

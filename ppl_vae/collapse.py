@@ -22,7 +22,8 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
 from ppl_vae.config import DiagnosticsConfig
-from ppl_vae.diagnostics import ImportanceEstimate, decode, evaluate, global_sites, importance_log_likelihood, prior_draws
+from ppl_vae.diagnostics import (ImportanceEstimate, decode, evaluate, global_sites, importance_log_likelihood,
+                                  prior_draws)
 
 #: Burda et al. (2016): a unit is active when Cov_x(E_q[u | x]) exceeds this
 ACTIVE_THRESHOLD = 0.01

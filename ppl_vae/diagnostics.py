@@ -135,7 +135,8 @@ def evaluate(model, guide, data: torch.Tensor, analytic_kl: bool = False, chunk_
             copies = min(left, max(1, chunk_size // len(x)))
             left -= copies
             terms = elbo_terms(model, guide, x.repeat(copies, *[1] * (x.dim() - 1)), analytic_kl)
-            parts = {"loss": terms.loss, "recon": terms.recon, "kl": sum(terms.kl.values(), torch.zeros_like(terms.recon))}
+            kl = sum(terms.kl.values(), torch.zeros_like(terms.recon))  # 0 for a pair of global latents alone
+            parts = {"loss": terms.loss, "recon": terms.recon, "kl": kl}
             parts |= {f"kl_sites/{s}": v for s, v in terms.kl.items()}
             parts |= {f"kl_dims/{s}": v for s, v in terms.kl_dims.items()}
             for key, value in parts.items():

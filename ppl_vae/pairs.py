@@ -215,8 +215,8 @@ def native(model, guide, sites: Sites) -> bool:
 def as_pair(model: Callable, guide: Callable, x: torch.Tensor) -> tuple[nn.Module, nn.Module]:
     """``model`` and ``guide`` as the toolkit trains and diagnoses them, their parameters created by
     one run on rows of ``x``: a native pair as it is, any other as two ``Program``s sharing one
-    ``PairParams`` (the model's holds it). Raises ``IncompatiblePairError`` for a pair that is not callable, observes
-    nothing, leaves a latent unguided, or has no parameter to train."""
+    ``PairParams`` (the model's holds it). Raises ``IncompatiblePairError`` for a pair that is not
+    callable, observes nothing, leaves a latent unguided, or has no parameter to train."""
     names = (describe(model) if callable(model) else repr(model), describe(guide) if callable(guide) else repr(guide))
     for role, fn, name in zip(("model", "guide"), (model, guide), names):
         if not callable(fn) or inspect.isclass(fn):
