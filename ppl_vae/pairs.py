@@ -26,10 +26,9 @@ from typing import Callable, Iterator
 
 import pyro
 import torch
-from pyro import poutine
-from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 
+from ppl_vae.diagnostics import trace_pair
 from ppl_vae.random_state import preserved_rng
 from ppl_vae.registry import IncompatiblePairError
 
@@ -161,18 +160,12 @@ class Program(nn.Module):
         return self.name
 
 
-def _trace(model, guide, x):
-    guide_trace = poutine.trace(guide).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
-
-
 def discover(model, guide, x: torch.Tensor, names: tuple[str, str] = ("model", "guide")) -> Sites:
     """The pair's sites from traces on the first 2 and 3 rows of ``x``: a latent site is per
     datapoint when it lies in a plate whose size follows the batch's. Raises
     ``IncompatiblePairError`` for a model with no observed site, or with a latent site the guide
     does not sample."""
-    traces = [_trace(model, guide, x[:rows]) for rows in (2, 3)]
+    traces = [trace_pair(model, guide, x[:rows]) for rows in (2, 3)]
     data_plates = set.intersection(*[{frame.name for site in trace.nodes.values() if site["type"] == "sample"
                                       for frame in site["cond_indep_stack"] if frame.size == rows}
                                      for (trace, _), rows in zip(traces, (2, 3))])
