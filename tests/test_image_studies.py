@@ -3,17 +3,20 @@ the latent-space measures, the anomaly scores, and ``ppl-vae explore``."""
 
 import math
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from torch import nn
 
 from ppl_vae import ConfigError, GUIDES, MODELS, TrainConfig, Trainer
-from ppl_vae.anomaly import png_nats, roc_auc, scores
+from ppl_vae.anomaly import LocalPixelModel, png_nats, roc_auc, scores
 from ppl_vae.cli import main
 from ppl_vae.corruption import corrupt, corrupted_inputs
 from ppl_vae.data import Dataset, digits
 from ppl_vae.experiment import run
-from ppl_vae.latent_space import cluster_scores, line, nearest_distance, plane
+from ppl_vae.latent_space import cluster_scores, in_between_distance, line, nearest_distance, plane
+from ppl_vae.random_state import preserved_rng
 
 
 def test_gaussian_and_masking_noise_have_their_level():
@@ -66,6 +69,26 @@ def test_a_denoising_pair_trains_the_same_captured_and_eager(tiny_data, noise):
     assert captured[-1]["train_loss"] != pytest.approx(fit()[-1]["train_loss"], rel=1e-4)
 
 
+def test_a_denoising_run_is_scored_on_clean_inputs(tiny_data):
+    """The guide trains on corrupted inputs, but the train-subset and held-out terms each history row
+    records are those of the clean inputs (the denoising criterion scores p(x | z) of clean x, and a
+    held-out score must not depend on the training noise): rerun from the random state the scoring
+    started from (``fit`` puts it back), a clean evaluation gives the recorded numbers exactly."""
+    data = tiny_data(n=44)
+    torch.manual_seed(0)
+    model = MODELS["vae"](data.data_shape, latent_dim=2, hidden=[8])
+    config = TrainConfig(epochs=2, batch_size=8, lr=1e-2, input_noise="masking", noise_level=0.5)
+    trainer = Trainer(model, GUIDES["gaussian"](model), data, config)
+    row = trainer.fit()[-1]
+    with preserved_rng(trainer.device):
+        train, test = trainer.evaluate(trainer.data.train_eval), trainer.evaluate(trainer.data.test_eval)
+    assert (row["train_loss"], row["test_loss"]) == (train["loss"], test["loss"])
+    assert (row["train_kl"], row["test_recon"]) == (train["kl"], test["recon"])
+    with corrupted_inputs(trainer.guide, "masking", 0.5):  # what scoring on corrupted inputs would have recorded
+        noisy = trainer.evaluate(trainer.data.test_eval)
+    assert noisy["loss"] != pytest.approx(test["loss"], rel=1e-3)
+
+
 def test_training_selection_leaves_the_held_out_split_alone():
     full, without = digits(), digits(exclude_labels=3)
     assert torch.equal(full.test, without.test) and (without.test_labels == 3).any()
@@ -94,6 +117,50 @@ def test_nearest_distance_is_the_rms_distance_to_the_closest_allowed_reference()
     assert nearest_distance(images, reference).tolist() == pytest.approx([0.1, 0.5])
     excluded = torch.tensor([[True, False, False], [False, False, False]])
     assert nearest_distance(images, reference, excluded)[0].item() == pytest.approx(0.4)
+
+
+class CodeIsImage(nn.Module):
+    """A pair whose code is its image, so every decoded image is known: z ~ N(0, I_P),
+    p(x | z) = N(z, I) over P pixels (its mean, the decoded image, is z itself); as a guide,
+    q(z | x) = N(x, 0.001^2 I) (its mean, the code, is x itself)."""
+
+    def __init__(self, pixels: int, guide: bool = False):
+        super().__init__()
+        self.data_shape, self.latent_dims, self.guide = (pixels,), {"z": pixels}, guide
+
+    def forward(self, x):
+        with pyro.plate("data", len(x)):
+            if self.guide:
+                pyro.sample("z", dist.Normal(x, 1e-3).to_event(1))
+                return
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+
+def test_the_in_between_distance_counts_the_inner_points_only():
+    """One-pixel images 0 and 1 (of two classes) and a third reference image, 0.3: the line between
+    the two codes decodes to 0, 0.25, 0.5, 0.75 and 1, whose distances to 0.3 (the pair's own images
+    excluded) are 0.3, 0.05, 0.2, 0.45 and 0.7, whichever way a pair runs."""
+    x, labels = torch.tensor([[0.0], [1.0]]), torch.tensor([0, 1])
+    reference = torch.tensor([[0.0], [1.0], [0.3]])
+    found = in_between_distance(CodeIsImage(1), CodeIsImage(1, guide=True), x, reference, labels, pairs=6, steps=5)
+    assert found == pytest.approx({"midpoint": 0.2, "inner": (0.05 + 0.2 + 0.45) / 3, "ends": (0.3 + 0.7) / 2})
+
+
+def test_latent2d_clusters_the_held_out_codes_against_the_held_out_labels():
+    """Held-out images that one-hot encode their labels, coded as themselves: k-means finds the ten
+    classes exactly (ARI and NMI 1), against the held-out labels; the training labels, in another
+    order, share nothing with them."""
+    from ppl_vae.studies.latent2d import measure
+
+    test_labels = torch.arange(10).repeat(3)
+    train_labels = test_labels[torch.randperm(30, generator=torch.Generator().manual_seed(0))].repeat(2)
+    one_hot = lambda labels: nn.functional.one_hot(labels, 10).float()  # noqa: E731
+    data = Dataset("one-hot", one_hot(train_labels), one_hot(test_labels), train_labels=train_labels,
+                   test_labels=test_labels)
+    found = measure(CodeIsImage(10), CodeIsImage(10, guide=True), data, {"train": {"seed": 0}})
+    assert (found["ari"], found["nmi"]) == (pytest.approx(1.0), pytest.approx(1.0))
+    assert cluster_scores(data.test_eval, train_labels[:30])["ari"] < 0.2  # what the wrong labels would score
 
 
 def test_lines_and_planes():
@@ -143,6 +210,18 @@ def test_every_anomaly_score_is_higher_for_an_input_the_model_cannot_explain(tin
     assert set(found) == {"recon", "neg_elbo", "neg_log_px", "complexity_corrected", "likelihood_ratio"}
     assert all(s.shape == (6,) and torch.isfinite(s).all() for s in found.values())
     assert (found["neg_elbo"] >= found["neg_log_px"] - 0.5).all()  # the IW bound is the tighter one, up to noise
+
+
+def test_the_corrected_anomaly_scores_are_their_definitions(tiny_pair):
+    """Serra et al. (2020), Eq. 2: S(x) = -log p(x) - L(x), L the input's compressed length; Schirrmeister
+    et al. (2020), Sec. 5: -log p(x) + log p_local(x), the local pixel model fitted on the training
+    images. Blank and busy inputs, so that neither correction is the same for all."""
+    model, guide = tiny_pair("vae", "gaussian", (1, 4, 4))
+    train = torch.bernoulli(torch.full((20, 1, 4, 4), 0.3))
+    x = torch.cat([torch.zeros(2, 1, 4, 4), torch.bernoulli(torch.full((4, 1, 4, 4), 0.5))])
+    found = scores(model, guide, x, train, iw_samples=20)
+    assert torch.allclose(found["complexity_corrected"], found["neg_log_px"] - png_nats(x))
+    assert torch.allclose(found["likelihood_ratio"], found["neg_log_px"] + LocalPixelModel(train).log_prob(x))
 
 
 @pytest.fixture(scope="module")

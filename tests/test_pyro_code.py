@@ -18,6 +18,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from pyro.nn import PyroModule, PyroSample
 from pyro.optim import Adam
+from torch import nn
 from pyro_pairs import TutorialVAE
 
 from ppl_vae import DATASETS, Dataset, IncompatiblePairError, TrainConfig, Trainer
@@ -153,6 +154,23 @@ def test_pairs_keep_their_own_parameters_under_one_param_store_name(digits):
     (loc_a,), (loc_b,) = a.model.params.loose.values(), b.model.params.loose.values()
     assert loc_a is not loc_b and loc_a.abs().sum() > 0 and loc_b.abs().sum() == 0
     assert list(pyro.get_param_store().keys()) == []
+
+
+def test_building_a_trainer_leaves_the_random_stream_and_each_modules_mode_as_it_was(digits):
+    """The run on 2 and 3 rows that finds a user pair's sites and makes its parameters is invisible:
+    torch's random stream is where it was (a user who draws after ``Trainer(...)`` draws what they
+    would have drawn), and each module is back in the mode its user left it in (dropout still drops)."""
+    vae = TutorialVAE(784, 2, 32)
+    vae.decoder = nn.Sequential(nn.Dropout(0.5), vae.decoder)  # dropout on z, in training mode
+    vae.encoder = nn.Sequential(nn.Dropout(0.5), vae.encoder).eval()  # the user's choice: an encoder without it
+    pyro.set_rng_seed(7)
+    expected = torch.rand(5)
+    pyro.set_rng_seed(7)
+    Trainer(vae.model, vae.guide, digits, TrainConfig(batch_size=0))
+    assert torch.equal(torch.rand(5), expected)
+    assert all(m.training for m in vae.decoder.modules()) and not any(m.training for m in vae.encoder.modules())
+    decoded = vae.decoder(torch.ones(64, 2))  # 64 draws of the dropout mask: not all alike
+    assert not torch.equal(decoded, decoded[:1].expand_as(decoded))
 
 
 def test_a_native_pair_is_trained_as_it_is(digits):
