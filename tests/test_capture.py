@@ -81,19 +81,21 @@ def test_binary_latents_train_through_the_captured_graph_on_pyros_gradients():
         assert torch.allclose(replayed, expected, rtol=1e-4, atol=1e-4 * expected.abs().max()), name
 
 
-class FlakyGradient(torch.autograd.Function):
-    """Identity forward; a backward that scales by the number of backward passes so far, so a
-    gradient traced once and replayed differs from the eager one while the loss agrees."""
+def flaky_gradient(drift: float) -> type[torch.autograd.Function]:
+    """An identity whose backward scales by 1 + ``drift`` x (backward passes so far): a gradient
+    traced once and replayed is off from the eager one by a relative ``drift`` while the loss agrees."""
+    calls = itertools.count()
 
-    calls = itertools.count(1)
+    class FlakyGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
 
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * (1 + drift * next(calls))
 
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * next(FlakyGradient.calls)
+    return FlakyGradient
 
 
 class TinyModel(nn.Module):
@@ -115,12 +117,19 @@ class TinyModel(nn.Module):
 
 
 class FlakyDecoderModel(TinyModel):
+    def __init__(self, drift: float):
+        super().__init__()
+        self.flaky = flaky_gradient(drift)
+
     def logits(self, z, x):
-        return FlakyGradient.apply(self.decoder(z))
+        return self.flaky.apply(self.decoder(z))
 
 
-def test_a_replay_whose_gradients_differ_runs_eagerly_with_a_warning(tiny_data):
-    model = FlakyDecoderModel()
+@pytest.mark.parametrize("drift", [1.0, 1e-3], ids=["doubled", "ten-times-the-tolerance"])
+def test_a_replay_whose_gradients_differ_runs_eagerly_with_a_warning(tiny_data, drift):
+    """Off by a factor of 2, and by 0.1%: ten times the check's relative tolerance, and ten times
+    what float32 sums in another order move a gradient by."""
+    model = FlakyDecoderModel(drift)
     loss = TrainingLoss(ElboEstimator()(model, GUIDES["gaussian"](model)))
     with pytest.warns(CaptureWarning, match=r"not its gradients: gradient of 'model\.decoder\.weight'"):
         loss.loss_and_grads(tiny_data().train[:8], torch.tensor(1.0))
@@ -224,15 +233,31 @@ def test_every_registered_pair_and_estimator_compiles_to_the_same_run(compatible
     _check_compiled(compatible_pair_and_estimator)
 
 
-def test_a_graph_that_does_not_compile_is_replayed_uncompiled(tiny_data, monkeypatch):
-    """Where Inductor fails, the captured graph is replayed as it is, with a warning that says so."""
-    def broken(*args, **kwargs):
-        raise RuntimeError("no C++ compiler found")
+def _no_compiler(graph, **options):
+    raise RuntimeError("no C++ compiler found")
 
-    monkeypatch.setattr(torch, "compile", broken)
+
+def _doubles_the_loss(graph, **options):
+    return lambda *inputs: (lambda loss, *grads: (2 * loss, *grads))(*graph(*inputs))
+
+
+def _moves_a_gradient(graph, **options):
+    return lambda *inputs: (lambda loss, grad, *grads: (loss, 1.01 * grad + 0.01, *grads))(*graph(*inputs))
+
+
+@pytest.mark.parametrize("compiler, message", [
+    (_no_compiler, r"could not be compiled \(RuntimeError: no C\+\+ compiler found\)"),
+    (_doubles_the_loss, r"gave -?[\d.]+ where the pair gives -?[\d.]+"),
+    (_moves_a_gradient, r"gives the pair's loss but not its gradients: gradient of '[\w.]+' has norm .*"),
+], ids=["raises", "wrong-loss", "wrong-gradient"])
+def test_a_graph_that_does_not_compile_or_compiles_wrong_is_replayed_uncompiled(tiny_data, monkeypatch, compiler,
+                                                                               message):
+    """Where Inductor fails, or its program's first step is not the eager step (loss and every
+    gradient, checked as the capture is; a stand-in compiler that returns a wrong program without
+    raising), the captured graph is replayed as it is, with a warning that says why."""
+    monkeypatch.setattr(torch, "compile", compiler)
     data = tiny_data(n=44)
-    with pytest.warns(CaptureWarning, match=r"could not be compiled \(RuntimeError: no C\+\+ compiler found\); "
-                                            "replaying it uncompiled"):
+    with pytest.warns(CaptureWarning, match=message + "; replaying it uncompiled"):
         trainer = trainer_for(data, compile=True)
         trainer.fit()
     assert all(isinstance(g.graph, torch.fx.GraphModule) for g in trainer.loss.graphs.values())

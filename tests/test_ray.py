@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from experiment_text import TINY_EXPERIMENT
@@ -18,6 +19,8 @@ from experiment_text import TINY_EXPERIMENT
 from ppl_vae import ConfigError
 from ppl_vae.cli import main
 from ppl_vae.experiment import CellsFailed, run
+from ppl_vae.ray_runner import RayCells
+from ppl_vae.runner import CellFailure
 
 GRID = TINY_EXPERIMENT + """[train]
 epochs = 3
@@ -107,3 +110,66 @@ def test_a_failed_ray_cell_is_named_and_the_others_gathered(tmp_path):
         run(path, tmp_path / "out", ray="", progress=False)
     assert {f.cell for f in error.value.failed} == {"seed=0__lr=1e+30", "seed=1__lr=1e+30"}
     assert [r["lr"] for r in rows(tmp_path / "out")] == ["0.001", "0.001"]
+
+
+class ScriptedRay:
+    """A stand-in for the ``ray`` module that drives ``RayCells.run``'s driver loop through a script:
+    at the r-th ``ray.wait``, the letters ``script[r][0]`` (``(cell, files)``, in posting order) are in
+    the mailbox and the task of ``script[r][1]`` (a cell's name, with its ``(result, files)`` or the
+    error its ``ray.get`` raises), if any, has ended. A task's reference is its cell's name."""
+
+    class exceptions:
+        class RayError(Exception):
+            pass
+
+    def __init__(self, script):
+        self.script, self.letters, self.outcomes = list(script), [], {}
+
+    def init(self, **options):
+        pass
+
+    def shutdown(self):
+        pass
+
+    def remote(self, function=None, **options):
+        if function is None:  # ray.remote(num_cpus=0)(Mailbox).remote(): the mailbox actor's handle
+            collect = SimpleNamespace(remote=lambda: "collect")
+            return lambda actor: SimpleNamespace(remote=lambda: SimpleNamespace(collect=collect))
+        launch = SimpleNamespace(remote=lambda task, files, mailbox: task.cell.name)
+        return SimpleNamespace(options=lambda **resources: launch)
+
+    def wait(self, waiting, num_returns, timeout):
+        letters, ended = self.script.pop(0)
+        self.letters += letters
+        if ended:
+            self.outcomes[ended[0]] = ended[1]
+        return [r for r in waiting if r in self.outcomes], [r for r in waiting if r not in self.outcomes]
+
+    def get(self, reference):
+        if reference == "collect":
+            letters, self.letters = self.letters, []
+            return letters
+        if isinstance(self.outcomes[reference], Exception):
+            raise self.outcomes[reference]
+        return self.outcomes[reference]
+
+
+def test_the_driver_writes_each_cells_checkpoints_oldest_first_and_its_final_files_last(tmp_path, monkeypatch):
+    """Two cells' posted checkpoints reach the run folder in the order they were saved, so a cell
+    whose worker dies keeps its newest (and ``--resume`` continues from it); a cell that ends has its
+    final files written after the last checkpoint it posted, which they replace."""
+    def checkpoint(cell, epoch):
+        return cell, {"checkpoint.pt": f"{cell} epoch {epoch}".encode()}
+
+    summary = {"cell": "ended", "loss": 1.0, "seconds": 0.0}
+    final = {"checkpoint.pt": b"ended epoch 3", "summary.json": b"{}"}
+    script = [([checkpoint("killed", 1), checkpoint("killed", 2), checkpoint("ended", 1)], None),
+              ([checkpoint("ended", 2)], ("ended", (summary, final))),  # its last post lands before it returns
+              ([], ("killed", ScriptedRay.exceptions.RayError("the worker died")))]
+    monkeypatch.setattr("ppl_vae.ray_runner.import_ray", lambda: ScriptedRay(script))
+    tasks = [SimpleNamespace(cell=SimpleNamespace(name=name), folder=tmp_path / name, device="cpu", resume=False,
+                             threads=1) for name in ("killed", "ended")]
+    killed, ended = RayCells().run(tasks, progress=False)
+    assert isinstance(killed, CellFailure) and "rerun with --resume" in killed.error and ended == summary
+    assert (tmp_path / "killed" / "checkpoint.pt").read_bytes() == b"killed epoch 2"
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ended").iterdir()} == final
