@@ -116,6 +116,10 @@ def outcome(mutant: Mutant) -> str:
 
 
 def main(rows: list[str]) -> int:
+    unknown = set(rows) - {str(m.row) for m in MUTANTS}
+    if unknown:
+        print(f"no row {', '.join(sorted(unknown))}: the rows are 1 to {len(MUTANTS)}", file=sys.stderr)
+        return 2
     chosen = [m for m in MUTANTS if not rows or str(m.row) in rows]
     files = sorted({m.file for m in chosen})
     changed = subprocess.run(["git", "status", "--porcelain", "--", *files], cwd=ROOT, capture_output=True,

@@ -127,8 +127,7 @@ class FlakyDecoderModel(TinyModel):
 
 @pytest.mark.parametrize("drift", [1.0, 1e-3], ids=["doubled", "ten-times-the-tolerance"])
 def test_a_replay_whose_gradients_differ_runs_eagerly_with_a_warning(tiny_data, drift):
-    """Off by a factor of 2, and by 0.1%: ten times the check's relative tolerance, and ten times
-    what float32 sums in another order move a gradient by."""
+    """Off by a factor of 2, and by 0.1%: ten times the check's relative tolerance (``GRAD_RTOL``)."""
     model = FlakyDecoderModel(drift)
     loss = TrainingLoss(ElboEstimator()(model, GUIDES["gaussian"](model)))
     with pytest.warns(CaptureWarning, match=r"not its gradients: gradient of 'model\.decoder\.weight'"):
