@@ -75,6 +75,21 @@ def active_units(guide, data: torch.Tensor, num_samples: int = 1, threshold: flo
     return {"count": sum(sites.values()), "sites": sites, "variance": {n: v.tolist() for n, v in variance.items()}}
 
 
+def kl_holding_dims(kl_dims: list[float], share: float = 0.9) -> int:
+    """The fewest latent dimensions whose KLs (nats, one per dimension) add up to ``share`` of the
+    total: how many dimensions the code spends its KL on, which a near-empty dimension (a unit that
+    is active by ``active_units``' variance threshold while holding 0.016 nats, say) cannot change."""
+    if not 0 < share <= 1:
+        raise ValueError(f"share = {share} is out of range: give a fraction in (0, 1]")
+    ranked = sorted(kl_dims, reverse=True)
+    target, held = share * sum(ranked), 0.0
+    for count, kl in enumerate(ranked, 1):
+        held += kl
+        if held >= target * (1 - 1e-9):  # float sums: a share met exactly counts
+            return count
+    return len(ranked)
+
+
 def _log_q(guide, data: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
     """log q(z_i | x_m) for draws ``values`` (``{site: [I, D]}``) against every datapoint: ``[I, M]``."""
     conditioned = {name: v.unsqueeze(-2) for name, v in values.items()}  # [I, 1, D]: broadcasts over the data

@@ -103,3 +103,35 @@ def mean_sd(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 def check_line(ok: bool, text: str) -> str:
     """A claim as a Markdown checklist line: ``- [x] PASS: ...`` or ``- [ ] FAIL: ...``."""
     return f"- [{'x' if ok else ' '}] {'PASS' if ok else 'FAIL'}: {text}"
+
+
+@dataclass(frozen=True)
+class Margin:
+    """How far the claim "every value of ``below`` is less than every value of ``above``" (values
+    over seeds, or a fixed threshold as a one-value list) is from failing: ``worst``, by how much its
+    worst pair of seeds clears it, min(above) - max(below) (negative where it fails), beside
+    ``spread``, the larger standard deviation over seeds of the two sides (0 for one value), or the
+    measurement's own ``noise`` (a standard error) where that is larger. It holds when ``worst``
+    exceeds ``spread``: a difference inside the seed spread, or inside the measurement's noise, is
+    no finding."""
+
+    worst: float
+    spread: float
+
+    @classmethod
+    def of(cls, below: list[float], above: list[float], noise: float = 0.0) -> "Margin":
+        spreads = [statistics.stdev(side) for side in (below, above) if len(side) > 1]
+        return cls(min(above) - max(below), max([*spreads, noise, 0.0]))
+
+    @property
+    def holds(self) -> bool:
+        return self.worst > self.spread
+
+
+def margin_line(below: list[float], above: list[float], text: str, scale: float = 1.0, digits: int = 3,
+                noise: float = 0.0) -> str:
+    """``check_line`` for the claim ``below`` < ``above`` (see ``Margin``), its margin and the spread it must
+    exceed appended (times ``scale``: 100 for percentages)."""
+    margin = Margin.of(below, above, noise)
+    return check_line(margin.holds, f"{text}; margin {margin.worst * scale:.{digits}f} on the worst seed against a "
+                                    f"spread of {margin.spread * scale:.{digits}f}")

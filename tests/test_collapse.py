@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from ppl_vae.collapse import DiagnosticsConfig, active_units, diagnose, latent_information, posterior_draws, posterior_means
+from ppl_vae.collapse import (DiagnosticsConfig, active_units, diagnose, kl_holding_dims, latent_information,
+                              posterior_draws, posterior_means)
 from ppl_vae.diagnostics import prior_draws
 
 
@@ -169,3 +170,13 @@ def test_the_figure_draws_follow_the_posterior_and_the_prior():
     prior = prior_draws(IgnoresZ(), 20_000)["z"]
     assert prior.shape == (20_000, 1)
     assert (prior.mean().item(), prior.var().item()) == pytest.approx((0.0, 1.0), abs=0.03)
+
+
+def test_the_dimensions_holding_most_of_the_kl_ignore_a_near_empty_unit():
+    """3 + 1 + 0.5 of 5 nats is exactly 90%: three dimensions; a unit of 0.016 nats changes nothing."""
+    assert kl_holding_dims([0.5, 3.0, 0.0, 1.0, 0.5]) == 3
+    assert kl_holding_dims([3.0, 3.0, 2.5, 0.016]) == kl_holding_dims([3.0, 3.0, 2.5]) == 3
+    assert kl_holding_dims([3.0, 3.0, 2.5, 1.5]) == 4  # a fourth factor with 15% of the KL counts
+    assert kl_holding_dims([1.0, 1.0], share=0.5) == 1 and kl_holding_dims([0.0, 0.0]) == 1
+    with pytest.raises(ValueError, match="share = 0 is out of range"):
+        kl_holding_dims([1.0], share=0)

@@ -374,3 +374,18 @@ def test_jobs_on_cuda_spread_the_cells_over_the_gpus(monkeypatch, tmp_path):
     assert spread_over_gpus(on_cpu) == on_cpu
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert spread_over_gpus(tasks) == tasks
+
+
+def test_a_margin_is_the_worst_seeds_distance_beside_the_seed_spread():
+    from ppl_vae.study import Margin, margin_line
+
+    clear = Margin.of([1.0, 2.0], [5.0, 6.0])  # worst pair: 2 against 5; sd of either side: 0.707
+    assert (clear.worst, clear.spread) == (3.0, pytest.approx(math.sqrt(0.5))) and clear.holds
+    inside = Margin.of([1.0, 4.0], [5.0, 9.0])  # every seed clears it, by less than the spread of 2.83
+    assert inside.worst == 1.0 and inside.spread == pytest.approx(math.sqrt(8)) and not inside.holds
+    assert Margin.of([3.0], [1.0, 2.0]).worst == -2.0 and not Margin.of([3.0], [1.0, 2.0]).holds
+    assert Margin.of([0.2], [0.25]).spread == 0.0  # a threshold and one seed: no spread to beat
+    noisy = Margin.of([0.80, 0.80], [0.82, 0.82], noise=0.025)  # seeds agree, by less than the score's noise
+    assert noisy.spread == 0.025 and not noisy.holds
+    assert margin_line([0.2], [0.81, 0.83], "scores above 20%", scale=100, digits=1) == (
+        "- [x] PASS: scores above 20%; margin 61.0 on the worst seed against a spread of 1.4")
