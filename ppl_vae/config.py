@@ -24,6 +24,7 @@ class TrainConfig:
     free_bits: float = 0.0  # nats per latent dimension the KL may use for free (Kingma et al. 2016); 0 = off
     free_bits_sites: dict[str, float] = field(default_factory=dict)  # per-site free bits, e.g. {z2 = 0.5}; ahead of free_bits
     free_bits_release: float = 0.0  # fraction of the steps over which free_bits_sites fall linearly to 0 (then: plain ELBO); 0 = held
+    grad_clip: float = 0.0  # max L2 norm of each step's gradient over all parameters (torch's clip_grad_norm_); 0 = off
     kl_weight: float = 1.0  # beta: 1 = ELBO, > 1 = beta-VAE, 0 with guide "delta" = plain autoencoder
     kl_schedule: Literal["constant", "linear", "cyclical"] = "constant"  # how the weight reaches kl_weight
     kl_warmup_epochs: float = 0.0  # linear schedule: epochs to ramp the weight from 0
@@ -44,7 +45,7 @@ class TrainConfig:
             "lr_final": self.lr_final is None or self.lr_final > 0, "num_particles": self.num_particles >= 1,
             "free_bits": self.free_bits >= 0, "free_bits_release": 0 <= self.free_bits_release <= 1,
             "free_bits_sites": isinstance(self.free_bits_sites, dict) and all(isinstance(v, (int, float)) and v >= 0 for v in self.free_bits_sites.values()),
-            "kl_weight": self.kl_weight >= 0,
+            "kl_weight": self.kl_weight >= 0, "grad_clip": self.grad_clip >= 0,
             "kl_warmup_epochs": self.kl_warmup_epochs >= 0, "kl_cycles": self.kl_cycles >= 1,
             "checkpoint_every": self.checkpoint_every >= 0, "threads": self.threads >= 0,
             "noise_level": self.noise_level >= 0 and (self.input_noise != "masking" or self.noise_level < 1), "eval_every": self.eval_every >= 1,

@@ -157,6 +157,8 @@ class Trainer:
         loss = self.loss.loss_and_grads(x, self.kl_weight, self.scale, self.release)  # sets each parameter's .grad
         if check and not torch.isfinite(loss):
             raise step_error(self.model, self.guide, x, loss, self.step, self.epoch + 1)
+        if self.config.grad_clip:  # one outlier step cannot swamp Adam's second moment (no host read)
+            torch.nn.utils.clip_grad_norm_(self.loss.trainable_tensors, self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1

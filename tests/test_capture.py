@@ -159,10 +159,11 @@ def test_value_dependent_pair_runs_eagerly_with_a_warning(tiny_data):
     assert torch.allclose(grad, torch.autograd.grad(expected, model.decoder.weight)[0])
 
 
-@pytest.mark.parametrize("capture", [True, False])
-def test_no_host_reads_per_step(tiny_data, monkeypatch, capture):
+@pytest.mark.parametrize("options", [{"capture": True}, {"capture": False}, {"grad_clip": 1.0}],
+                         ids=["captured", "eager", "clipped"])
+def test_no_host_reads_per_step(tiny_data, monkeypatch, options):
     """Reading a tensor back to the host (a synchronisation on a GPU) happens per epoch, not per step:
-    an epoch of 8 steps reads back as often as an epoch of 2."""
+    an epoch of 8 steps reads back as often as an epoch of 2 (clipping the gradient too)."""
     reads = []
     for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
         original = getattr(torch.Tensor, name)
@@ -170,7 +171,7 @@ def test_no_host_reads_per_step(tiny_data, monkeypatch, capture):
 
     def reads_per_epoch(rows):
         x = torch.bernoulli(torch.full((rows + 8, 6), 0.5))
-        trainer = trainer_for(Dataset("t", x[:rows], x[rows:]), capture=capture)
+        trainer = trainer_for(Dataset("t", x[:rows], x[rows:]), **options)
         trainer.train_epoch()  # the first batch of a shape is validated (and captured): reads allowed
         reads.clear()
         trainer.train_epoch()

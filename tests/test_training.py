@@ -142,3 +142,37 @@ def test_nan_mid_epoch_is_traced_to_its_step_with_the_parameters_it_saw():
     assert len(replay) == bad_step + 1  # the replay stops at the bad step ...
     assert all(torch.equal(a, b) for a, b in zip(replay, first_pass))  # ... having redrawn the same batches
     assert all(torch.isfinite(p).all() for p in trainer.loss_fn.parameters())
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 1.0])
+def test_one_gradient_spike_freezes_adam_unless_the_gradient_is_clipped(tiny_data, monkeypatch, grad_clip):
+    """Adam divides each step by the root of its second moment. One step whose gradient is 10^6 times
+    the usual (a draw of z1 where p(z1 | z2) has shrunk to its floor: the single-bit n = 1000 blow-ups)
+    raises that moment for about 10^4 steps (beta2 = 0.999), and the parameters stop moving. With
+    ``grad_clip`` the spike is cut to the cap and the next steps move as far as before it."""
+    trainer = make_trainer(tiny_data(n=44), batch_size=0, lr=1e-3, grad_clip=grad_clip)
+    original = trainer.loss.loss_and_grads
+
+    def spiked(*args):
+        loss = original(*args)
+        for p in trainer.loss.trainable_tensors:
+            p.grad = p.grad * 1e6
+        return loss
+
+    def movement(steps):
+        before = params(trainer)
+        for _ in range(steps):
+            trainer.train_epoch()  # full batch: one step
+        return sum((p - before[n]).norm() for n, p in params(trainer).items()).item()
+
+    moved = movement(5)  # Adam's first steps, about lr per coordinate
+    monkeypatch.setattr(trainer.loss, "loss_and_grads", spiked)
+    trainer.train_epoch()
+    monkeypatch.setattr(trainer.loss, "loss_and_grads", original)
+    movement(50)  # the spike's own direction, which Adam's first moment carries on for ~50 steps
+    after = movement(10) / 2  # then: per 5 steps, to compare
+    second_moment = max(s["exp_avg_sq"].max().item() for s in trainer.optimizer.state.values())
+    if grad_clip:
+        assert after > 0.2 * moved and second_moment < grad_clip ** 2
+    else:
+        assert after < 0.05 * moved and second_moment > 1e4
