@@ -269,7 +269,6 @@ def test_each_beta_vae_pair_draws_the_shared_factors_value_anew():
 
 def plug_in_information(a, b) -> float:
     """The sample's mutual information of two discrete columns, in nats (from their contingency table)."""
-    _, joint = np.unique(np.stack([a, b], 1), axis=0, return_counts=True)
     _, pa = np.unique(a, return_inverse=True)
     _, pb = np.unique(b, return_inverse=True)
     p_ab = np.zeros((pa.max() + 1, pb.max() + 1))

@@ -1,8 +1,6 @@
 """The pieces of the image studies: input corruption (a denoising guide), training-set selection,
 the latent-space measures, the anomaly scores, and ``ppl-vae explore``."""
 
-import math
-
 import pyro
 import pyro.distributions as dist
 import pytest
