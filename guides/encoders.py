@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from torch.distributions import constraints
 
-from ppl_vae.diagnostics import prior_sites
+from ppl_vae.errors import IncompatiblePairError
 from ppl_vae.networks import Encoder, GaussianHead, Network, NetworkConfig, mlp
-from ppl_vae.registry import GUIDES, IncompatiblePairError
+from ppl_vae.registry import GUIDES
+from ppl_vae.tracing import prior_sites
 
 
 class AmortisedGuide(nn.Module):

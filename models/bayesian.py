@@ -1,7 +1,7 @@
 """A VAE with a Bayesian decoder output layer, written as a Pyro user writes one: a ``PyroModule``
 whose output layer's weights have ``PyroSample`` priors (global latents, shared by all data), and a
 guide composed of an autoguide for those (``AutoNormal``) and an amortised encoder for the
-per-datapoint z. The toolkit trains it as it is (``ppl_vae.pairs``): an
+per-datapoint z. The toolkit trains it as it is (``ppl_vae.infer.pairs``): an
 experiment names it ``"ppl_vae.models.bayesian:BayesianDecoderVAE.model"`` / ``...guide``
 (``experiments/digits-bayes-decoder.toml``).
 

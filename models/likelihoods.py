@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import math
 
+import pyro.distributions as dist
 import torch
 from torch import nn
 from torch.distributions.utils import _sum_rightmost, broadcast_all
 from torch.nn import functional as F
-
-import pyro.distributions as dist
-
-from ppl_vae.registry import ConfigError
 
 
 class FactorisedBernoulli(dist.Independent):
@@ -62,14 +59,6 @@ class Gaussian(nn.Module):
 
     def forward(self, loc: torch.Tensor, event_dim: int) -> dist.Distribution:
         return dist.Normal(loc, self.log_scale.exp()).to_event(event_dim)
-
-
-def check_data(model, data) -> None:
-    """Refuse data the model's likelihood cannot score: a Bernoulli likelihood needs binary data
-    (``data.binarize`` or 0/1 values), or its nats are not those of the literature."""
-    if getattr(getattr(model, "likelihood", None), "needs_binary_data", False) and not data.is_binary:
-        raise ConfigError(f"a Bernoulli likelihood needs binary data, but {data.name!r} is not binary: "
-                          "set data.binarize = \"dynamic\" or \"static\", or use a Gaussian likelihood")
 
 
 #: name -> factory(scale); ``scale`` is used by the Gaussian likelihoods only.

@@ -6,10 +6,9 @@ copying the model.
 
 from __future__ import annotations
 
+import pyro.distributions as dist
 import torch
 from torch import nn
-
-import pyro.distributions as dist
 
 
 class StandardNormal(nn.Module):

@@ -19,10 +19,10 @@ import pyro
 import pyro.distributions as dist
 from torch import nn
 
-from ppl_vae.networks import Activation, Decoder, GaussianHead, Head, Network, NetworkConfig, mlp
-from ppl_vae.registry import MODELS
 from ppl_vae.models.likelihoods import LIKELIHOODS
 from ppl_vae.models.priors import PRIORS, StandardNormal
+from ppl_vae.networks import Activation, Decoder, GaussianHead, Head, Network, NetworkConfig, mlp
+from ppl_vae.registry import MODELS
 
 Prior = Literal["normal", "mixture", "bernoulli"]
 Likelihood = Literal["bernoulli", "gaussian", "gaussian-learned"]

@@ -1,5 +1,10 @@
 """ppl-vae: variational autoencoders as Pyro model/guide pairs, trained with SVI.
 
+``fit`` trains any pair in one call; ``run`` runs an experiment file (a grid of cells, a study)
+into a run folder, ``report`` writes a finished run's report again, ``restore`` loads a trained
+cell back, ``diagnose`` measures posterior collapse for any pair. The subpackages, lowest first:
+``infer`` (estimators, handlers, the trainer), ``data``, ``evaluation``, ``viz`` and ``runs``.
+
 >>> import ppl_vae
 >>> from ppl_vae.models import GaussianVAE
 >>> sorted(ppl_vae.MODELS), sorted(ppl_vae.GUIDES), sorted(ppl_vae.ESTIMATORS)
@@ -7,18 +12,30 @@
 """
 
 # Importing the toolkit changes none of Pyro's settings: each pair it trains keeps its parameters
-# in a param store of its own (``ppl_vae.pairs``), whatever ``module_local_params`` says.
-from ppl_vae import guides, models  # noqa: E402  (registers the bundled models and guides)
-from ppl_vae import objectives  # noqa: E402,F401  (registers the estimators)
-from ppl_vae import dsprites  # noqa: E402,F401  (registers the dsprites dataset)
-from ppl_vae.data import DATASETS, Dataset  # noqa: E402
-from ppl_vae.diagnostics import elbo_terms, evaluate, importance_log_likelihood  # noqa: E402
-from ppl_vae.handlers import FreeBits, FreeBitsRelease, KLSchedule, KLWeight  # noqa: E402
-from ppl_vae.registry import ESTIMATORS, GUIDES, MODELS, ConfigError, IncompatiblePairError  # noqa: E402
-from ppl_vae.config import DiagnosticsConfig, TrainConfig  # noqa: E402
-from ppl_vae.nonfinite import NonFiniteLossError  # noqa: E402
-from ppl_vae.training import Trainer  # noqa: E402
+# in a param store of its own (``ppl_vae.infer.pairs``), whatever ``module_local_params`` says.
+from ppl_vae import guides, models  # registers the bundled models and guides
+from ppl_vae.data import DATASETS, Dataset  # registers the data sets
+from ppl_vae.errors import ConfigError, Fault, IncompatiblePairError
+from ppl_vae.evaluation import diagnose
+from ppl_vae.fitting import Fit, fit
+from ppl_vae.infer import (
+                           DiagnosticsConfig,
+                           FreeBits,
+                           FreeBitsRelease,
+                           KLSchedule,
+                           KLWeight,
+                           NonFiniteLossError,
+                           TrainConfig,
+                           Trainer,
+                           elbo_terms,
+                           evaluate,
+                           importance_log_likelihood,
+)
+from ppl_vae.registry import ESTIMATORS, GUIDES, MODELS
+from ppl_vae.runs.cell import restore
+from ppl_vae.runs.experiment import report, run
 
-__all__ = ["models", "guides", "MODELS", "GUIDES", "ESTIMATORS", "DATASETS", "Dataset", "KLWeight", "KLSchedule", "FreeBits", "FreeBitsRelease",
-           "TrainConfig", "DiagnosticsConfig", "Trainer", "NonFiniteLossError", "ConfigError", "IncompatiblePairError", "elbo_terms",
-           "evaluate", "importance_log_likelihood"]
+__all__ = ["fit", "Fit", "run", "report", "restore", "diagnose", "models", "guides", "MODELS", "GUIDES", "ESTIMATORS",
+           "DATASETS", "Dataset", "Trainer", "TrainConfig", "DiagnosticsConfig", "KLWeight", "KLSchedule", "FreeBits",
+           "FreeBitsRelease", "elbo_terms", "evaluate", "importance_log_likelihood", "ConfigError", "Fault",
+           "IncompatiblePairError", "NonFiniteLossError"]

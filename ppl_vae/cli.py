@@ -1,5 +1,6 @@
 """The ``ppl-vae`` command: ``run`` an experiment, ``report`` a finished run again, ``explore`` a
-finished image run (interpolations, traversals), ``list`` what is bundled, ``bench`` the speed."""
+finished image run (interpolations, traversals), ``list`` what is bundled. (The benchmark is
+``python benchmarks/bench.py`` in a checkout.)"""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ import inspect
 import re
 import sys
 
-from ppl_vae.experiment import CellsFailed
-from ppl_vae.registry import ConfigError
+from ppl_vae.errors import ConfigError, Fault
 
 
 def first_sentence(text: str | None) -> str:
@@ -20,8 +20,9 @@ def first_sentence(text: str | None) -> str:
 
 
 def list_all() -> str:
-    from ppl_vae import DATASETS, ESTIMATORS, GUIDES, MODELS, study
-    from ppl_vae.experiment_file import bundled, load
+    from ppl_vae.registry import DATASETS, ESTIMATORS, GUIDES, MODELS
+    from ppl_vae.runs import study
+    from ppl_vae.runs.experiment_file import bundled, load
 
     lines = ["experiments:"]
     lines += [f"  {name:<18} {first_sentence(load(path)[1].get('description'))}" for name, path in bundled().items()]
@@ -79,13 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     explore.add_argument("--dims", type=int, default=10, help="traversed dimensions, most KL first (default: 10)")
     explore.add_argument("--site", help="latent site (default: the model's first)")
     commands.add_parser("list", help="list bundled experiments, models, guides, estimators and datasets")
-    bench = commands.add_parser("bench", help="time the toolkit against hand-written PyTorch (not part of the tests)")
-    bench.add_argument("--out", default="runs/bench.json", help="results file (default: runs/bench.json)")
-    bench.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    bench.add_argument("--rounds", type=int, default=41, help="timed rounds per batch size (default: 41)")
-    bench.add_argument("--quick", action="store_true", help="tiny sizes: checks that the benchmark runs, times nothing")
-    bench.add_argument("--sweep", action="store_true", help="also time the whole single-bit study (minutes)")
-    bench.add_argument("--jobs", type=int, default=2, help="cells at a time for --sweep (default: 2)")
     args = parser.parse_args(argv)
 
     try:
@@ -93,23 +87,18 @@ def main(argv: list[str] | None = None) -> int:
             print(list_all())
             return 0
         if args.command == "report":
-            from ppl_vae.experiment import report
+            from ppl_vae.runs.experiment import report
 
             print(report(args.folder))
             return 0
         if args.command == "explore":
-            from ppl_vae.explore import explore as draw
+            from ppl_vae.runs.explore import explore as draw
 
             for path in draw(args.folder, args.cell, _pair(args.between), _pairs(args.pairs), args.rows, args.steps,
                              args.example, args.dims, args.site):
                 print(path)
             return 0
-        if args.command == "bench":
-            from ppl_vae.bench import run as run_bench
-
-            run_bench(args.out, args.device, args.rounds, quick=args.quick, sweep=args.sweep, jobs=args.jobs)
-            return 0
-        from ppl_vae.experiment import run as run_experiment
+        from ppl_vae.runs.experiment import run as run_experiment
 
         summaries = run_experiment(args.experiment, args.out, args.overrides, args.device, args.quick, args.force,
                                    args.resume, args.jobs, progress=True, ray=args.ray,
@@ -117,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:  # every user error (a bad file, value, pair or run folder): one line, exit 2
         print(f"ppl-vae: error: {error}", file=sys.stderr)
         return 2
-    except CellsFailed as error:  # the grid ran, but cells raised: the others are gathered, exit 1
+    except Fault as error:  # valid input, failed work (cells that raised: the others are gathered): exit 1
         print(f"ppl-vae: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C: what was written is whole (atomic writes, checkpoints)

@@ -9,15 +9,10 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-
-class ConfigError(ValueError):
-    """A bad experiment configuration: the message names the key and the fix."""
-
-
-class IncompatiblePairError(ConfigError):
-    """This guide (or estimator) cannot serve this model; the message says which would."""
+from ppl_vae.errors import ConfigError
 
 
 class Registry(dict):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from ppl_vae import ESTIMATORS, GUIDES, MODELS
-from ppl_vae.data import Dataset
+from ppl_vae.data.datasets import Dataset
 from ppl_vae.models.priors import PRIORS
 
 # (model name, model options, data shape): each model under each swappable part

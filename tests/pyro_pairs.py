@@ -1,4 +1,4 @@
-"""Pairs written as Pyro's own tutorials write them, for the tests of ``ppl_vae.pairs`` (and their
+"""Pairs written as Pyro's own tutorials write them, for the tests of ``ppl_vae.infer.pairs`` (and their
 experiment files, as ``pyro_pairs:...``): the tutorial VAE's ``model``/``guide`` methods on one
 module (https://pyro.ai/examples/vae.html), with site names of its own."""
 

@@ -1,18 +1,20 @@
-"""Guards on the package's structure: no import cycle, and the private Pyro API it builds on
-still has the shape it was written against."""
+"""Guards on the package's structure: its layers (no import runs back up one), no import cycle, no
+module that imports the benchmark, and the private Pyro API it builds on still has the shape it was
+written against."""
 
 import ast
 import importlib.util
 import inspect
 import pkgutil
 
-import ppl_vae
-import ppl_vae.studies
 from pyro.infer import Trace_ELBO
 from pyro.infer.trace_elbo import _compute_log_r
 from torch.distributions.utils import _sum_rightmost
 
-PACKAGES = [ppl_vae, ppl_vae.models, ppl_vae.guides, ppl_vae.studies]
+import ppl_vae
+import ppl_vae.runs.studies
+
+PACKAGES = [ppl_vae, ppl_vae.models, ppl_vae.guides, ppl_vae.runs.studies]
 MODULES = sorted({p.__name__ for p in PACKAGES}
                  | {m.name for p in PACKAGES for m in pkgutil.walk_packages(p.__path__, p.__name__ + ".")})
 
@@ -31,8 +33,10 @@ def imported_modules(name: str) -> set[str]:
             base = node.module or ""
             if node.level:  # relative: from the package, up level - 1
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
-            found.add(base)
-            found |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import module`
+            names = {f"{base}.{alias.name}" for alias in node.names}
+            found |= names  # `from pkg import module`
+            if not names <= set(MODULES):  # names defined by the module `base` itself
+                found.add(base)
     return {m for m in found if m in MODULES and m != name}
 
 
@@ -56,6 +60,57 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+#: The package's layers, lowest first. A module imports from lower layers and from its own unit (a
+#: subpackage or a module of its layer), never from a unit beside it or above it: the engine
+#: (``infer``) knows no bundled model, and nothing below ``runs`` knows of experiment files.
+LAYERS = [
+    ["ppl_vae.errors"],
+    ["ppl_vae.registry", "ppl_vae.io", "ppl_vae.tracing", "ppl_vae.networks"],  # the core every layer shares
+    ["ppl_vae.data"],
+    ["ppl_vae.infer", "ppl_vae.models", "ppl_vae.guides"],
+    ["ppl_vae.evaluation"],
+    ["ppl_vae.fitting", "ppl_vae.viz"],
+    ["ppl_vae.runs", "ppl_vae.experiments"],
+    ["ppl_vae.cli", "ppl_vae"],  # the command line, and the package's face (its __init__)
+]
+
+
+def unit_of(module: str) -> tuple[int, str]:
+    """The layer and unit of ``module``: the longest unit it is, or sits inside."""
+    units = [(layer, unit) for layer, names in enumerate(LAYERS) for unit in names
+             if module == unit or module.startswith(unit + ".")]
+    assert units, f"{module} is in no layer: add it (or its subpackage) to LAYERS in tests/test_architecture.py"
+    return max(units, key=lambda u: len(u[1]))
+
+
+def test_no_import_runs_up_a_layer_or_sideways():
+    wrong = []
+    for name in MODULES:
+        layer, unit = unit_of(name)
+        for imported in imported_modules(name):
+            their_layer, their_unit = unit_of(imported)
+            if their_unit != unit and their_layer >= layer:
+                wrong.append(f"{name} (layer {layer}) imports {imported} (layer {their_layer})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert unit_of("ppl_vae.infer.training") == (3, "ppl_vae.infer")
+    assert unit_of("ppl_vae.runs.studies.single_bit") == (6, "ppl_vae.runs")
+    assert "ppl_vae.runs.cell" in imported_modules("ppl_vae.runs.explore")
+    assert "ppl_vae.data.datasets" in imported_modules("ppl_vae.infer.training")
+
+
+def test_no_module_of_the_package_imports_the_benchmark():
+    """The benchmark (``benchmarks/bench.py``) uses the public API; nothing in the package uses it."""
+    for name in MODULES:
+        with open(importlib.util.find_spec(name).origin) as source:
+            tree = ast.parse(source.read())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not {m for m in imported if m.split(".")[0] in ("bench", "benchmarks")}, name
+
+
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
@@ -66,7 +121,7 @@ def test_no_import_cycle_inside_the_package():
     graph: acyclic. A parent package is not an edge of its submodules (Python imports it first
     whatever the submodule says)."""
     graph = {name: imported_modules(name) for name in MODULES}
-    assert "ppl_vae.cell" in graph["ppl_vae.studies.single_bit"]  # the walk sees what it must
+    assert "ppl_vae.runs.cell" in graph["ppl_vae.runs.studies.single_bit"]  # the walk sees what it must
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
@@ -84,4 +139,4 @@ def test_the_private_pyro_and_torch_functions_we_call_keep_their_signatures():
         found = list(inspect.signature(function).parameters)
         assert found == parameters, (f"{function.__module__}.{function.__qualname__} now takes {found}, not "
                                      f"{parameters}: ppl_vae was written against the old signature; update "
-                                     "ppl_vae/objectives.py (or models/likelihoods.py) and the pyro-ppl bound")
+                                     "ppl_vae/infer/objectives.py (or models/likelihoods.py) and the pyro-ppl bound")

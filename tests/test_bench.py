@@ -1,13 +1,13 @@
-"""The benchmark's baseline and plumbing (never its timings: speed goals live in ``ppl-vae bench``)."""
+"""The benchmark's baseline and plumbing (never its timings: speed goals live in ``benchmarks/bench.py``)."""
 
 import json
 
+import bench
 import pyro
 import pytest
 import torch
 
 from ppl_vae import ESTIMATORS, GUIDES, MODELS
-from ppl_vae import bench
 
 
 def _vae():
@@ -83,3 +83,14 @@ def test_quick_bench_writes_its_results(tmp_path):
     assert {"step_ratio_b128", "step_ratio_b1024", "step_ratio_conv_b64", "machine", "train", "single_bit", "iw",
             "generator"} <= set(result)
     assert [r["chunk_size"] for r in result["iw"]] == [50, 100]
+
+
+def test_a_device_torch_lacks_ends_the_benchmark_with_one_line(tmp_path, capsys):
+    argv = ["--device", "tpu", "--out", str(tmp_path / "b.json")]
+    if not torch.cuda.is_available():
+        argv[1] = "cuda"
+    with pytest.raises(SystemExit) as stop:
+        bench.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("python benchmarks/bench.py: error: device ") and err.count("\n") == 1
+    assert not (tmp_path / "b.json").exists()

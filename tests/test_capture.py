@@ -7,14 +7,13 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.infer import Trace_ELBO
 from torch import nn
 
-from pyro.infer import Trace_ELBO
-
 from ppl_vae import DATASETS, GUIDES, MODELS, TrainConfig, Trainer
-from ppl_vae.capture import CaptureWarning, TrainingLoss
-from ppl_vae.data import Dataset
-from ppl_vae.objectives import ElboEstimator
+from ppl_vae.data.datasets import Dataset
+from ppl_vae.infer.capture import CaptureWarning, TrainingLoss
+from ppl_vae.infer.objectives import ElboEstimator
 
 
 def flat(row: dict) -> dict:
@@ -291,7 +290,7 @@ def test_released_free_bits_train_the_same_captured_and_eager(tiny_data):
 
 def test_a_replayed_gradient_of_another_dtype_device_or_shape_is_a_mismatch():
     """The optimiser steps each parameter with its replayed gradient: it must be the parameter's own kind."""
-    from ppl_vae.capture import _grad_mismatch
+    from ppl_vae.infer.capture import _grad_mismatch
 
     eager = torch.ones(3)
     assert _grad_mismatch(["w"], [torch.ones(3)], [eager]) is None
@@ -301,7 +300,7 @@ def test_a_replayed_gradient_of_another_dtype_device_or_shape_is_a_mismatch():
 
 def test_a_gradient_strided_unlike_its_parameter_is_set_in_the_parameter_layout():
     """CUDA's fused Adam refuses a .grad laid out unlike its parameter; a compiled replay may return one."""
-    from ppl_vae.capture import TrainingLoss
+    from ppl_vae.infer.capture import TrainingLoss
 
     weight = torch.nn.Parameter(torch.randn(4, 3))
     loss = TrainingLoss.__new__(TrainingLoss)

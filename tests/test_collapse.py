@@ -8,9 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from ppl_vae.collapse import (DiagnosticsConfig, active_units, diagnose, kl_holding_dims, latent_information,
-                              posterior_draws, posterior_means)
-from ppl_vae.diagnostics import prior_draws
+from ppl_vae.evaluation.collapse import (
+    DiagnosticsConfig,
+    active_units,
+    diagnose,
+    kl_holding_dims,
+    latent_information,
+    posterior_draws,
+    posterior_means,
+)
+from ppl_vae.tracing import prior_draws
 
 
 class IgnoresZ(nn.Module):

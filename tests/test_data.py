@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ppl_vae import DATASETS, ConfigError
-from ppl_vae.data import split
+from ppl_vae.data.datasets import split
 
 
 def test_bits_rows_are_all_zeros_or_all_ones():

@@ -11,10 +11,21 @@ import pytest
 import torch
 
 from ppl_vae import GUIDES, MODELS
-from ppl_vae.disentanglement import (ICA_MAX_ITER, FittedRepresentation, beta_vae_score, encoder_means,
-                                     factor_vae_score, histogram_discretise, ica_representation, mig,
-                                     pca_representation, raw_pixels, sample_sharing_factor)
-from ppl_vae.registry import ConfigError
+from ppl_vae.errors import ConfigError, Fault
+from ppl_vae.evaluation.disentanglement import (
+    ICA_MAX_ITER,
+    FittedRepresentation,
+    NonFiniteCodesError,
+    beta_vae_score,
+    encoder_means,
+    factor_vae_score,
+    histogram_discretise,
+    ica_representation,
+    mig,
+    pca_representation,
+    raw_pixels,
+    sample_sharing_factor,
+)
 
 
 class FactorWorld:
@@ -396,8 +407,9 @@ def test_mistakes_are_named_with_their_fix():
         mig(lambda x: x[:, :1], WORLD, num_train=100)
     with pytest.raises(ConfigError, match=r"returned codes of shape \(1000,\) for 1000 observations.*reshape"):
         run(factor_vae_score, lambda x: x[:, 0])
-    with pytest.raises(ConfigError, match="non-finite"):
+    with pytest.raises(NonFiniteCodesError, match="non-finite") as error:  # a fault of the run, not of the input
         run(mig, lambda x: x / 0)
+    assert isinstance(error.value, Fault) and not isinstance(error.value, ConfigError)  # the command exits 1, not 2
     with pytest.raises(ConfigError, match="batch_size = 1 is out of range: it must be an integer >= 2"):
         run(factor_vae_score, identity, batch_size=1)
     with pytest.raises(ConfigError, match="lower n_components or raise num_fit"):

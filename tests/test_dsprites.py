@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from ppl_vae.data import Dataset
-from ppl_vae.dsprites import FactorDataset, ShapesWorld, _pool
-from ppl_vae.registry import DATASETS, ConfigError, check_kwargs
+from ppl_vae.data.datasets import Dataset
+from ppl_vae.data.dsprites import FactorDataset, ShapesWorld, _pool
+from ppl_vae.errors import ConfigError
+from ppl_vae.registry import DATASETS, check_kwargs
 
 SIZES = (64, 32)
 #: every (shape, scale, orientation), in index order

@@ -10,12 +10,13 @@ import pytest
 import torch
 from experiment_text import TINY_EXPERIMENT
 
-from ppl_vae import ConfigError, experiment_file
+from ppl_vae import ConfigError
 from ppl_vae.cli import first_sentence, main
-from ppl_vae.cell import CellTask, RunFolderError
-from ppl_vae.experiment import CellsFailed, run
-from ppl_vae.experiment_file import Cell, bundled, find, load
-from ppl_vae.runner import spread_over_gpus
+from ppl_vae.runs import experiment_file
+from ppl_vae.runs.cell import CellTask, RunFolderError
+from ppl_vae.runs.experiment import CellsFailed, run
+from ppl_vae.runs.experiment_file import Cell, bundled, find, load
+from ppl_vae.runs.runner import spread_over_gpus
 
 GOOD = TINY_EXPERIMENT + """[train]
 epochs = 2
@@ -270,17 +271,15 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
         run(path, tmp_path / "out", device="cuda", progress=False)
 
 
-def test_run_report_and_bench_share_one_user_error(tmp_path, capsys):
+def test_run_report_and_explore_share_one_user_error(tmp_path, capsys):
     """The same kind of mistake ends each command the same way: one line on stderr, exit code 2."""
-    commands = [["report", str(tmp_path)], ["bench", "--device", "tpu", "--out", str(tmp_path / "b.json")],
-                ["run", str(tmp_path / "none.toml")]]
-    if not torch.cuda.is_available():
-        commands.append(["bench", "--quick", "--device", "cuda", "--out", str(tmp_path / "b.json")])
+    commands = [["report", str(tmp_path)], ["explore", str(tmp_path)], ["run", str(tmp_path / "none.toml")],
+                ["run", "digits-vae", "--device", "tpu", "--out", str(tmp_path / "out")]]
     for argv in commands:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("ppl-vae: error: ") and err.count("\n") == 1, (argv, err)
-    assert not (tmp_path / "b.json").exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_runs_an_experiment(tmp_path, capsys):
@@ -346,12 +345,12 @@ def test_the_device_defaults_to_auto_and_is_recorded(tmp_path, monkeypatch):
     used is written into experiment.json and summary.json."""
     import inspect
 
-    from ppl_vae.training import resolve_device
+    from ppl_vae.infer.training import resolve_device
 
     assert inspect.signature(run).parameters["device"].default == "auto"
     seen = []
     with monkeypatch.context() as patch:  # what the CLI passes when --device is not given
-        patch.setattr("ppl_vae.experiment.run", lambda *args, **kwargs: seen.append(args[3]) or [])
+        patch.setattr("ppl_vae.runs.experiment.run", lambda *args, **kwargs: seen.append(args[3]) or [])
         assert main(["run", "digits-vae"]) == 0 and seen == ["auto"]
     with monkeypatch.context() as patch:
         patch.setattr(torch.cuda, "is_available", lambda: True)
@@ -377,7 +376,7 @@ def test_jobs_on_cuda_spread_the_cells_over_the_gpus(monkeypatch, tmp_path):
 
 
 def test_a_margin_is_the_worst_seeds_distance_beside_the_seed_spread():
-    from ppl_vae.study import Margin, margin_line
+    from ppl_vae.runs.study import Margin, margin_line
 
     clear = Margin.of([1.0, 2.0], [5.0, 6.0])  # worst pair: 2 against 5; sd of either side: 0.707
     assert (clear.worst, clear.spread) == (3.0, pytest.approx(math.sqrt(0.5))) and clear.holds

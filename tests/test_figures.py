@@ -9,10 +9,10 @@ from matplotlib.patches import StepPatch
 from PIL import Image
 
 from ppl_vae import GUIDES, MODELS
-from ppl_vae import plots
-from ppl_vae.collapse import posterior_draws
-from ppl_vae.diagnostics import reconstruct, sample_prior
-from ppl_vae.cell import image_figures
+from ppl_vae.evaluation.collapse import posterior_draws
+from ppl_vae.runs.cell import image_figures
+from ppl_vae.tracing import reconstruct, sample_prior
+from ppl_vae.viz import plots
 
 
 def grid_cells(path, count: int, size: tuple[int, int], nrow: int = 8, padding: int = 2) -> torch.Tensor:
@@ -99,8 +99,8 @@ def test_figure_of_a_registered_guide_pools_its_draws(tmp_path, drawn):
 def test_a_traversal_moves_one_dimension_per_row_from_the_examples_code():
     """Row r of ``latent_traversal`` decodes the example's posterior mean with dimension dims[r] set to
     each value in turn: the same images as decoding those codes directly."""
-    from ppl_vae.collapse import latent_traversal, posterior_means
-    from ppl_vae.diagnostics import decode
+    from ppl_vae.evaluation.collapse import latent_traversal, posterior_means
+    from ppl_vae.tracing import decode
 
     model = MODELS["vae"]((1, 8, 8), latent_dim=3, hidden=[16])
     guide = GUIDES["gaussian"](model)

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from ppl_vae import ConfigError, GUIDES, MODELS, TrainConfig, Trainer
-from ppl_vae.anomaly import LocalPixelModel, png_nats, roc_auc, scores
+from ppl_vae import GUIDES, MODELS, ConfigError, TrainConfig, Trainer
 from ppl_vae.cli import main
-from ppl_vae.corruption import corrupt, corrupted_inputs
-from ppl_vae.data import Dataset, digits
-from ppl_vae.experiment import run
-from ppl_vae.latent_space import cluster_scores, in_between_distance, line, nearest_distance, plane
-from ppl_vae.random_state import preserved_rng
+from ppl_vae.data.corruption import corrupt, corrupted_inputs
+from ppl_vae.data.datasets import Dataset, digits
+from ppl_vae.evaluation.anomaly import LocalPixelModel, png_nats, roc_auc, scores
+from ppl_vae.evaluation.latent_space import cluster_scores, in_between_distance, line, nearest_distance, plane
+from ppl_vae.infer.random_state import preserved_rng
+from ppl_vae.runs.experiment import run
 
 
 def test_gaussian_and_masking_noise_have_their_level():
@@ -97,7 +97,7 @@ def test_training_selection_leaves_the_held_out_split_alone():
     with pytest.raises(ConfigError, match="only .* training examples are left"):
         digits(train_size=10_000)
     with pytest.raises(ConfigError, match="needs labelled data"):
-        from ppl_vae.data import select_training
+        from ppl_vae.data.datasets import select_training
         select_training(Dataset("t", torch.zeros(4, 2), torch.zeros(2, 2)), exclude_labels=1)
 
 
@@ -149,7 +149,7 @@ def test_latent2d_clusters_the_held_out_codes_against_the_held_out_labels():
     """Held-out images that one-hot encode their labels, coded as themselves: k-means finds the ten
     classes exactly (ARI and NMI 1), against the held-out labels; the training labels, in another
     order, share nothing with them."""
-    from ppl_vae.studies.latent2d import measure
+    from ppl_vae.runs.studies.latent2d import measure
 
     test_labels = torch.arange(10).repeat(3)
     train_labels = test_labels[torch.randperm(30, generator=torch.Generator().manual_seed(0))].repeat(2)
@@ -171,7 +171,7 @@ def test_lines_and_planes():
 
 
 def test_gaussian_draws_have_the_codes_mean_and_covariance_and_follow_the_seed():
-    from ppl_vae.latent_space import gaussian_draws
+    from ppl_vae.evaluation.latent_space import gaussian_draws
 
     code = torch.randn(2000, 3) @ torch.tensor([[2.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.5]]) + 4
     drawn = gaussian_draws(code, 20_000, seed=3)
@@ -191,7 +191,7 @@ def test_roc_auc_and_complexity():
 
 def test_the_local_pixel_model_is_a_normalised_density_of_binary_images():
     """Over all 2^9 binary 3 x 3 images its probabilities sum to one; it learns that strokes continue."""
-    from ppl_vae.anomaly import LocalPixelModel
+    from ppl_vae.evaluation.anomaly import LocalPixelModel
 
     every = torch.tensor([[(i >> b) & 1 for b in range(9)] for i in range(2 ** 9)]).float().reshape(-1, 1, 3, 3)
     stripes = torch.zeros(20, 1, 3, 3)
@@ -264,8 +264,8 @@ def _anomaly_row(digit: int, aucs: dict) -> dict:
 @pytest.mark.parametrize("works, passes", [(5, True), (4, False)])
 def test_the_anomaly_report_names_the_winner_the_failures_and_checks_half_the_digits(tmp_path, works, passes):
     """Crafted ROC-AUCs: the check counts the digits whose best score beats 0.9; the winner is the best mean."""
-    from ppl_vae.anomaly import SCORES
-    from ppl_vae.studies.anomaly import report
+    from ppl_vae.evaluation.anomaly import SCORES
+    from ppl_vae.runs.studies.anomaly import report
 
     rows = [_anomaly_row(d, {n: (0.95 if d < works and n == "likelihood_ratio" else 0.6) for n in SCORES})
             for d in range(10)]
@@ -280,7 +280,7 @@ def test_the_overfit_report_checks_memorisation_and_the_gaps(tmp_path):
     """Crafted histories: the 100-digit AE memorises (train far below held-out) and its gap is larger than the VAE's."""
     import json
 
-    from ppl_vae.studies.overfit import report
+    from ppl_vae.runs.studies.overfit import report
 
     ends = {("ae", "100"): (1.0, 900.0, 1.0, 900.0), ("vae", "100"): (20.0, 300.0, 30.0, 320.0),
             ("ae", "all"): (50.0, 85.0, 50.0, 85.0), ("vae", "all"): (86.0, 97.0, 104.0, 114.0)}

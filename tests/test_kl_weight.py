@@ -2,8 +2,8 @@
 weight reaches latent sites in both model and guide (and nothing else)."""
 
 import pyro
-import torch
 import pytest
+import torch
 
 from ppl_vae import ESTIMATORS, KLSchedule, KLWeight, elbo_terms
 
@@ -68,8 +68,8 @@ def test_free_bits_floor_each_dimension_at_its_batch_mean(weight):
     counts as max(KL_d, lambda). With closed-form KLs per dimension and the same noise, the loss
     rises by exactly beta * B * sum_d max(0, lambda - mean KL_d), the KL weight beta applying after
     the floor."""
-    import torch
     import pyro.distributions as dist
+    import torch
 
     loc = torch.tensor([[0.5, -1.0, 0.0], [0.1, 0.3, 0.0]])
     scale = torch.tensor([[1.0, 0.5, 1.0], [2.0, 1.0, 1.0]])

@@ -11,10 +11,10 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 
 from ppl_vae import ESTIMATORS, GUIDES, MODELS, IncompatiblePairError, KLWeight, TrainConfig, Trainer
-from ppl_vae.capture import TrainingLoss
-from ppl_vae.data import Dataset
-from ppl_vae.diagnostics import trace_pair
+from ppl_vae.data.datasets import Dataset
 from ppl_vae.guides import AmortisedGuide
+from ppl_vae.infer.capture import TrainingLoss
+from ppl_vae.tracing import trace_pair
 
 
 def grads(loss, params) -> list[torch.Tensor | None]:

@@ -1,4 +1,4 @@
-"""Pyro code as Pyro users write it (``ppl_vae.pairs``): a tutorial-style pair trains step for step
+"""Pyro code as Pyro users write it (``ppl_vae.infer.pairs``): a tutorial-style pair trains step for step
 as ``pyro.infer.SVI`` trains it, through ``Trainer`` and through an experiment file, and resumes
 exactly; pairs keep their own parameters; a global site's KL counts once per pass over the data
 (a conjugate model with a closed-form ELBO); importing the toolkit changes no Pyro setting; a bad
@@ -18,17 +18,17 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from pyro.nn import PyroModule, PyroSample
 from pyro.optim import Adam
-from torch import nn
 from pyro_pairs import TutorialVAE
+from torch import nn
 
 from ppl_vae import DATASETS, Dataset, IncompatiblePairError, TrainConfig, Trainer
-from ppl_vae.capture import CaptureWarning
-from ppl_vae.diagnostics import evaluate
-from ppl_vae.experiment import run
+from ppl_vae.infer.bounds import evaluate
+from ppl_vae.infer.capture import CaptureWarning
+from ppl_vae.infer.pairs import Sites
 from ppl_vae.models import GaussianVAE, StandardNormal
 from ppl_vae.models.likelihoods import Bernoulli
 from ppl_vae.networks import Decoder
-from ppl_vae.pairs import Sites
+from ppl_vae.runs.experiment import run
 
 #: per-step losses of the toolkit and of SVI agree to this relative tolerance (float32 sums in
 #: another order, and the toolkit's per-example objective through Adam's epsilon)
@@ -287,7 +287,7 @@ iw_samples = 25
 
 
 def test_importing_the_toolkit_changes_no_pyro_setting():
-    code = ("import pyro; before = pyro.settings.get(); import ppl_vae, ppl_vae.pairs, ppl_vae.cli; "
+    code = ("import pyro; before = pyro.settings.get(); import ppl_vae, ppl_vae.infer.pairs, ppl_vae.cli; "
             "assert pyro.settings.get() == before, (before, pyro.settings.get())")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 

@@ -18,9 +18,9 @@ from experiment_text import TINY_EXPERIMENT
 
 from ppl_vae import ConfigError
 from ppl_vae.cli import main
-from ppl_vae.experiment import CellsFailed, run
-from ppl_vae.ray_runner import RayCells
-from ppl_vae.runner import CellFailure
+from ppl_vae.runs.experiment import CellsFailed, run
+from ppl_vae.runs.ray_runner import RayCells
+from ppl_vae.runs.runner import CellFailure
 
 GRID = TINY_EXPERIMENT + """[train]
 epochs = 3
@@ -166,10 +166,32 @@ def test_the_driver_writes_each_cells_checkpoints_oldest_first_and_its_final_fil
     script = [([checkpoint("killed", 1), checkpoint("killed", 2), checkpoint("ended", 1)], None),
               ([checkpoint("ended", 2)], ("ended", (summary, final))),  # its last post lands before it returns
               ([], ("killed", ScriptedRay.exceptions.RayError("the worker died")))]
-    monkeypatch.setattr("ppl_vae.ray_runner.import_ray", lambda: ScriptedRay(script))
+    monkeypatch.setattr("ppl_vae.runs.ray_runner.import_ray", lambda: ScriptedRay(script))
     tasks = [SimpleNamespace(cell=SimpleNamespace(name=name), folder=tmp_path / name, device="cpu", resume=False,
                              threads=1) for name in ("killed", "ended")]
     killed, ended = RayCells().run(tasks, progress=False)
     assert isinstance(killed, CellFailure) and "rerun with --resume" in killed.error and ended == summary
     assert (tmp_path / "killed" / "checkpoint.pt").read_bytes() == b"killed epoch 2"
     assert {p.name: p.read_bytes() for p in (tmp_path / "ended").iterdir()} == final
+
+
+class UnreachableRay(ScriptedRay):
+    """A stand-in whose ``ray.init`` fails as Ray 2.60's does for a cluster that refuses this shell's token."""
+
+    def init(self, **options):
+        raise ConnectionError(f"Failed to connect to Ray cluster at {options['address']}.")
+
+
+@pytest.mark.parametrize("token", [None, TOKEN], ids=["token-unset", "token-set"])
+def test_a_cluster_that_cannot_be_reached_names_the_token_and_the_exports(monkeypatch, token):
+    monkeypatch.setattr("ppl_vae.runs.ray_runner.import_ray", lambda: UnreachableRay([]))
+    if token is None:
+        monkeypatch.delenv("RAY_AUTH_TOKEN")
+        monkeypatch.delenv("RAY_AUTH_MODE")
+    with pytest.raises(ConfigError) as error:
+        RayCells("10.0.0.7:6379").run([], progress=False)
+    said = str(error.value)
+    assert said.startswith("--ray 10.0.0.7:6379: cannot connect to the Ray cluster (Failed to connect")
+    assert ("RAY_AUTH_MODE is not set and RAY_AUTH_TOKEN is not set" if token is None else
+            "RAY_AUTH_MODE is 'token' and RAY_AUTH_TOKEN is set") in said
+    assert "export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=" in said and TOKEN not in said  # never prints the secret

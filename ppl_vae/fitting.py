@@ -1,0 +1,96 @@
+"""``fit``: train any model/guide pair on data in one call and diagnose it, as ``SVI.run`` does in
+numpyro, with the experiment files' defaults and checks.
+
+>>> import torch, ppl_vae
+>>> from ppl_vae.models import vae
+>>> from ppl_vae.guides import GaussianGuide
+>>> model = vae((6,), latent_dim=2, hidden=[8])
+>>> x = torch.bernoulli(torch.full((40, 6), 0.3), generator=torch.Generator().manual_seed(0))
+>>> result = ppl_vae.fit(model, GaussianGuide(model), x, epochs=2, device="cpu", diagnostics=None)
+>>> [row["epoch"] for row in result.history], len(result.data.test)
+([1, 2], 4)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from ppl_vae.data.datasets import Binarize, Dataset, split
+from ppl_vae.errors import ConfigError
+from ppl_vae.evaluation.collapse import diagnose
+from ppl_vae.infer.config import DiagnosticsConfig, TrainConfig
+from ppl_vae.infer.training import Trainer
+
+__all__ = ["fit", "Fit"]
+
+
+@dataclass
+class Fit:
+    """What ``fit`` returns.
+
+    :param model, guide: the trained pair, as the trainer runs it (a user's Pyro code wrapped by
+        ``infer.pairs.as_pair``; the toolkit's own pairs unchanged), on the training device.
+    :param history: one row per scored epoch (``Trainer.fit``): training objective, train and
+        held-out -ELBO with its reconstruction and KL terms, nats per example.
+    :param diagnostics: ``evaluation.collapse.diagnose`` on the held-out split (-ELBO terms,
+        importance-weighted log p(x), active units, mutual information), or ``{}`` where not asked for.
+    :param data: the data as trained on, with its held-out split, on the training device.
+    :param trainer: the ``Trainer``, to train on (``trainer.config`` has more epochs: ``trainer.fit()``),
+        take single steps (``trainer.train_step``) or ``save`` a checkpoint.
+    """
+
+    model: object
+    guide: object
+    history: list[dict]
+    diagnostics: dict
+    data: Dataset
+    trainer: Trainer
+
+
+def as_dataset(data: Dataset | torch.Tensor, held_out: float = 0.1, binarize: Binarize = "none",
+               seed: int = 0) -> Dataset:
+    """``data`` as a ``Dataset``: one is returned as it is; a tensor ``[N, *data_shape]`` is shuffled
+    with ``seed`` and ``held_out`` of its rows held out (0: none; the held-out scores are then those
+    of the training rows)."""
+    if isinstance(data, Dataset):
+        return data
+    if not isinstance(data, torch.Tensor) or data.ndim < 2:
+        raise ConfigError(f"fit takes a ppl_vae.data.Dataset or a tensor [N, *data_shape], not {type(data).__name__}"
+                          f"{' of shape ' + str(tuple(data.shape)) if isinstance(data, torch.Tensor) else ''}: "
+                          "put one example per row")
+    if binarize == "static":  # one draw, kept: the data are binary from here on
+        data = torch.bernoulli(data, generator=torch.Generator(device=data.device).manual_seed(seed))
+    if held_out == 0:
+        return Dataset("tensor", data, data, binarize)
+    train, test, _, _ = split(data, None, held_out, seed)
+    return Dataset("tensor", train, test, binarize)
+
+
+def fit(model, guide, data: Dataset | torch.Tensor, *, held_out: float = 0.1, binarize: Binarize = "none",
+        device: str | torch.device = "auto", diagnostics: DiagnosticsConfig | None = DiagnosticsConfig(),
+        progress: bool = False, **train_options) -> Fit:
+    """Train ``model``/``guide`` on ``data`` with the ELBO (any pair ``pyro.infer.SVI`` accepts), then
+    diagnose it on the held-out split.
+
+    :param data: a ``Dataset``, or a tensor ``[N, *data_shape]`` of which ``held_out`` is held out.
+    :param binarize: for tensor data under a Bernoulli likelihood: ``"dynamic"`` draws binary x from
+        the pixel intensities for every batch, ``"static"`` once (``"none"``: the data must be 0/1).
+    :param device: ``"auto"`` (CUDA when torch sees a GPU, else the CPU), ``"cpu"`` or ``"cuda"``.
+    :param diagnostics: what ``diagnose`` computes (rows, importance samples); ``None`` skips it.
+    :param train_options: ``TrainConfig`` fields (``epochs``, ``lr``, ``batch_size``, ``estimator``,
+        ``kl_weight``, ``seed``, ...); each is range-checked.
+    """
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(train_options) - known)
+    if unknown:
+        raise ConfigError(f"fit got unknown training option(s) {', '.join(unknown)}: the options are TrainConfig's "
+                          f"fields: {', '.join(sorted(known))}")
+    trainer = Trainer(model, guide, as_dataset(data, held_out, binarize), TrainConfig(**train_options), device,
+                      progress)
+    history = trainer.fit()
+    found = {} if diagnostics is None else diagnose(trainer.model, trainer.guide, trainer.data.test_eval, diagnostics,
+                                                    trainer.analytic_kl or getattr(trainer.guide, "mean_field", None) is True)
+    return Fit(trainer.model, trainer.guide, history, found, trainer.data, trainer)

@@ -1,0 +1,224 @@
+"""Per-datapoint ELBO terms and importance-weighted log-likelihoods for any model/guide pair.
+
+-ELBO(x) = recon(x) + sum_sites KL_site(x), with recon(x) = -E_q[log p(x | z)] and, per latent
+site, KL_site(x) = E_q[log q(z_s | .) - log p(z_s | .)] — a one-sample Monte Carlo estimate, or
+the analytic KL where ``analytic_kl`` and both sides have one registered (Kingma & Welling 2014,
+Eq. 10). Per-dimension KLs are given where both sides factorise over dimensions (diagonal
+Gaussians, point masses); their sum is the site's KL.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyro
+import torch
+from arviz_stats.base import array_stats
+from pyro.distributions import Independent
+from torch.distributions import kl_divergence
+from tqdm.auto import tqdm
+
+from ppl_vae.errors import IncompatiblePairError
+from ppl_vae.tracing import global_sites, trace_pair
+
+
+@dataclass
+class ElboTerms:
+    """Per-datapoint terms in nats: ``recon`` ``[B]``, ``kl[site]`` ``[B]``, ``kl_dims[site]`` ``[B, D]``,
+    and ``recon_dims`` ``[B, *data_shape]`` where the likelihood factorises over data dimensions;
+    ``kl_global[site]``: a one-draw estimate of the KL of each global latent site, in nats (0-dim)."""
+
+    recon: torch.Tensor
+    kl: dict[str, torch.Tensor]
+    kl_dims: dict[str, torch.Tensor] = field(default_factory=dict)
+    recon_dims: torch.Tensor | None = None
+    kl_global: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """Negative ELBO per datapoint, the global sites' KLs left out (they are not per datapoint)."""
+        return self.recon + sum(self.kl.values(), torch.zeros_like(self.recon))
+
+
+def site_kl(q, p, z, analytic: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """KL(q || p) of one site at draws ``z`` of q, per datapoint and, where both sides factorise over
+    dimensions, per dimension: in closed form where ``analytic`` and one is registered, else
+    log q(z) - log p(z). Unscaled."""
+    factorised = isinstance(q, Independent) and isinstance(p, Independent) and q.reinterpreted_batch_ndims == 1
+    if analytic:
+        try:
+            if factorised:
+                per_dim = kl_divergence(q.base_dist, p.base_dist)
+                return per_dim.sum(-1), per_dim
+            return kl_divergence(q, p), None
+        except NotImplementedError:
+            pass  # no closed form registered: Monte Carlo below
+    if factorised:
+        per_dim = q.base_dist.log_prob(z) - p.base_dist.log_prob(z)
+        return per_dim.sum(-1), per_dim
+    return q.log_prob(z) - p.log_prob(z), None
+
+
+def elbo_terms(model, guide, x: torch.Tensor, analytic_kl: bool = False) -> ElboTerms:
+    """Trace ``guide(x)``, replay ``model(x)`` on its latents, and split -ELBO into its terms.
+
+    Unscaled log-densities are used, so the terms are those of the plain ELBO whatever KL
+    weight the pair is trained with.
+    """
+    model_trace, guide_trace = trace_pair(model, guide, x)
+    recon, recon_dims = torch.zeros(x.shape[0], device=x.device), None
+    kl, kl_dims, kl_global, shared = {}, {}, {}, global_sites(model)
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        if site["is_observed"]:
+            recon = recon - site["fn"].log_prob(site["value"])
+            if isinstance(site["fn"], Independent):
+                recon_dims = -site["fn"].base_dist.log_prob(site["value"])
+        elif name in shared:
+            kl_global[name] = site_kl(guide_trace.nodes[name]["fn"], site["fn"], site["value"], analytic_kl)[0].sum()
+        else:
+            kl[name], per_dim = site_kl(guide_trace.nodes[name]["fn"], site["fn"], site["value"], analytic_kl)
+            if per_dim is not None:
+                kl_dims[name] = per_dim
+    for name, site in guide_trace.nodes.items():  # the guide's own (auxiliary) sites: their log q
+        if site["type"] == "sample" and name not in model_trace.nodes:
+            # an autoguide's "mu_unconstrained" goes with "mu"; another (a joint latent) under its own name
+            owner = name.removesuffix("_unconstrained")
+            owner = owner if owner in model_trace.nodes else name
+            log_q = site["fn"].log_prob(site["value"])
+            if name in shared:
+                kl_global[owner] = kl_global.get(owner, 0) + log_q.sum()
+            else:
+                kl[owner] = kl.get(owner, 0) + log_q
+    return ElboTerms(recon, kl, kl_dims, recon_dims, kl_global)
+
+
+@torch.no_grad()
+def evaluate(model, guide, data: torch.Tensor, analytic_kl: bool = False, chunk_size: int = 2048,
+             num_particles: int = 1) -> dict:
+    """Dataset means of the ELBO terms, in nats per example, computed in chunks without gradients,
+    averaged over ``num_particles`` draws of z per datapoint.
+
+    Returns ``{"loss", "recon", "kl", "kl_sites": {site: float}, "kl_dims": {site: [float]}}``, and for
+    a model with global latent sites (``pairs.Program``) ``kl_global``: ``{site: nats}``, each the
+    KL of the whole site. In ``loss`` and ``kl`` each counts once per pass over the model's
+    ``data_size`` training examples (its KL / N per example), as in the full-data ELBO it trains;
+    ``kl_sites`` and ``kl_dims`` hold the per-datapoint sites only.
+    """
+    sums: dict[str, torch.Tensor] = {}
+    shared: dict[str, list[torch.Tensor]] = {}
+    for x in data.split(chunk_size):
+        left = num_particles
+        while left:  # several particles per pass, as repeated rows, up to chunk_size rows
+            copies = min(left, max(1, chunk_size // len(x)))
+            left -= copies
+            terms = elbo_terms(model, guide, x.repeat(copies, *[1] * (x.dim() - 1)), analytic_kl)
+            kl = sum(terms.kl.values(), torch.zeros_like(terms.recon))  # 0 for a pair of global latents alone
+            parts = {"loss": terms.loss, "recon": terms.recon, "kl": kl}
+            parts |= {f"kl_sites/{s}": v for s, v in terms.kl.items()}
+            parts |= {f"kl_dims/{s}": v for s, v in terms.kl_dims.items()}
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0) + value.sum(0)
+            for site, value in terms.kl_global.items():
+                shared.setdefault(site, []).append(value)
+    means = {k: (v / (len(data) * num_particles)).tolist() for k, v in sums.items()}  # one copy per term
+    out = {k: means[k] for k in ("loss", "recon", "kl")}
+    for group in ("kl_sites", "kl_dims"):
+        out[group] = {k.split("/", 1)[1]: v for k, v in means.items() if k.startswith(group + "/")}
+    if shared:
+        out["kl_global"] = {site: torch.stack(v).mean().item() for site, v in shared.items()}
+        per_example = sum(out["kl_global"].values()) / (getattr(model, "data_size", None) or len(data))
+        out["loss"] += per_example
+        out["kl"] += per_example
+    return out
+
+
+def log_importance_weights(model, guide, *args, num_samples: int, reparameterised: bool = False,
+                           **kwargs) -> torch.Tensor:
+    """log w = log p(x, z) - log q(z | x) for ``num_samples`` draws z ~ q per datapoint, shape
+    ``[num_samples, batch]``, with gradients; site scales (a KL weight) apply.
+
+    :param reparameterised: refuse a guide with a latent that is not reparameterisable, whose
+        gradient through these weights would miss its score-function term.
+    """
+    with pyro.plate("particles", num_samples, dim=-2):
+        model_trace, guide_trace = trace_pair(model, guide, *args, **kwargs)
+    discrete = [n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and not s["fn"].has_rsample]
+    if reparameterised and discrete:
+        raise IncompatiblePairError(
+            f"the importance-weighted bound's gradient needs reparameterised draws, but the guide's "
+            f"{', '.join(map(repr, discrete))} cannot be reparameterised (a discrete latent): use estimator 'mc'")
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    log_w = sum(s["log_prob"] for s in model_trace.nodes.values() if s["type"] == "sample")
+    return log_w - sum(s["log_prob"] for s in guide_trace.nodes.values() if s["type"] == "sample")
+
+
+def psis_khat(log_weights: torch.Tensor) -> torch.Tensor:
+    """Pareto k-hat of the importance weights of each datapoint, ``log_weights`` ``[K, B]`` -> ``[B]``:
+    the shape of a generalised Pareto fit to the largest weights (Vehtari et al. 2024, PSIS, Sec. 3),
+    by ArviZ. Above 0.7 the importance-weighted estimate is unreliable. Weights that agree to within
+    0.1% (q equal to the posterior, up to rounding) have no tail to fit and get -inf.
+    """
+    lw = log_weights.detach().double().cpu().numpy().T
+    khat = np.full(lw.shape[0], -np.inf)
+    varied = (lw.max(1) - lw.min(1)) > 1e-3
+    if varied.any():
+        # ArviZ follows the LOO convention (it smooths exp(-ary)): pass -log w to smooth w
+        khat[varied] = array_stats.psislw(-lw[varied], axis=-1)[1]
+    return torch.as_tensor(khat, dtype=torch.float32)
+
+
+@dataclass
+class ImportanceEstimate:
+    """Per-datapoint ``log_px`` (the importance-weighted estimate of log p(x)) and ``elbo`` (the mean
+    log-weight, a one-sample-ELBO average) from the same draws, in nats; ``gap`` = log_px - elbo;
+    ``khat``, the PSIS k-hat of each datapoint's weights, where asked for."""
+
+    log_px: torch.Tensor
+    elbo: torch.Tensor
+    khat: torch.Tensor | None = None
+
+    @property
+    def gap(self) -> torch.Tensor:
+        """The variational gap, an estimate of KL(q(z | x) || p(z | x)) (>= 0 up to noise)."""
+        return self.log_px - self.elbo
+
+
+@torch.no_grad()
+def importance_log_likelihood(model, guide, data: torch.Tensor, num_samples: int = 5000, chunk_size: int = 250,
+                              batch_size: int = 100, khat: bool = False, progress: bool = False) -> ImportanceEstimate:
+    """log p(x) ~ log (1/K) sum_k p(x, z_k) / q(z_k | x), z_k ~ q(z | x), per datapoint: the IWAE
+    bound of Burda et al. (2016), Eq. 8, which rises to log p(x) as K grows (their Theorem 1).
+
+    The K draws are taken ``chunk_size`` at a time and folded into a running log-sum-exp, so
+    memory grows with ``chunk_size * batch_size``, not with K.
+
+    :param num_samples: K, importance samples per datapoint (5,000 in Burda et al.).
+    :param chunk_size: samples drawn at once per datapoint.
+    :param batch_size: datapoints scored at once.
+    :param khat: also give the PSIS k-hat per datapoint (keeps K x ``batch_size`` weights at a time).
+    """
+    if min(num_samples, chunk_size, batch_size) < 1:
+        raise ValueError(f"num_samples, chunk_size and batch_size must be >= 1, got "
+                         f"{num_samples}, {chunk_size}, {batch_size}")
+    chunks = [min(chunk_size, num_samples - start) for start in range(0, num_samples, chunk_size)]
+    log_px, elbo, khats = [], [], []
+    for x in tqdm(data.split(batch_size), desc="log p(x)", disable=not progress, leave=False):
+        log_sum = torch.full((len(x),), -math.inf, device=x.device)
+        total = torch.zeros(len(x), device=x.device)
+        kept = []
+        for k in chunks:
+            log_w = log_importance_weights(model, guide, x, num_samples=k)
+            log_sum = torch.logaddexp(log_sum, log_w.logsumexp(0))
+            total += log_w.sum(0)
+            if khat:
+                kept.append(log_w.cpu())
+        log_px.append(log_sum - math.log(num_samples))
+        elbo.append(total / num_samples)
+        if khat:
+            khats.append(psis_khat(torch.cat(kept)))
+    return ImportanceEstimate(torch.cat(log_px), torch.cat(elbo), torch.cat(khats) if khat else None)

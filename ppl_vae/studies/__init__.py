@@ -1,2 +1,0 @@
-"""The bundled studies' reports, one module each (``single-bit`` is ``single_bit.py``); each defines
-``STUDY``, a ``ppl_vae.study.Study``. See ``ppl_vae.study`` for how a report is found by name."""

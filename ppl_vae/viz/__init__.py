@@ -1,0 +1,1 @@
+"""Figures (``plots``) and TensorBoard logs (``board``, the optional extra ``[tensorboard]``)."""
