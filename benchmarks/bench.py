@@ -1,8 +1,9 @@
 """The benchmark: what a Pyro model/guide pair costs over hand-written PyTorch. Run it from a checkout:
 ``python benchmarks/bench.py [--quick] [--device cuda]`` (``--help`` lists the options).
 
-Not part of the test run, nor of the package: it uses the package's public API only. Speed goals live here. Everything is measured in one process, the
-variants interleaved round by round (in alternating order), and medians reported.
+Not part of the test run, nor of the package: it uses the package's public API only. Speed goals
+live here. Everything is measured in one process, the variants interleaved round by round (in
+alternating order), and medians reported.
 
 - ``train``: time per training step of the same Gaussian VAE (784-512-512-32, Bernoulli
   decoder) written by hand in PyTorch and trained by the toolkit's default path
@@ -39,9 +40,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ppl_vae.data.datasets import DATASETS, Dataset
+from ppl_vae.errors import ConfigError
 from ppl_vae.infer.bounds import importance_log_likelihood
 from ppl_vae.infer.training import TrainConfig, Trainer, adam, resolve_device
-from ppl_vae.errors import ConfigError
 from ppl_vae.io import write_json
 from ppl_vae.registry import GUIDES, MODELS
 
@@ -325,7 +326,8 @@ def bench_iw(num_samples: list[int], chunk_sizes: list[int], datapoints: int, de
     context, rows = multiprocessing.get_context("spawn"), []
     for k in num_samples:
         for chunk in chunk_sizes:
-            config = {"num_samples": k, "chunk_size": chunk, "datapoints": datapoints, "threads": torch.get_num_threads()}
+            config = {"num_samples": k, "chunk_size": chunk, "datapoints": datapoints,
+                      "threads": torch.get_num_threads()}
             queue = context.Queue()
             worker = context.Process(target=_iw_worker, args=(config, str(device), queue))
             worker.start()
@@ -423,8 +425,8 @@ def run(out: str | Path = "runs/bench.json", device: str = "auto", rounds: int =
     train.append(bench_train(64, rounds=rounds, device=device, log=log, network="conv", data="dsprites", compile=False,
                              **conv))
     log("single-bit 2-layer cell (full batch):")
-    single_bit = [bench_single_bit(n, rounds=rounds, device=device, steps=2 if quick else 50, compile=not quick, log=log)
-                  for n in ((5,) if quick else (5, 1000))]
+    single_bit = [bench_single_bit(n, rounds=rounds, device=device, steps=2 if quick else 50, compile=not quick,
+                                   log=log) for n in ((5,) if quick else (5, 1000))]
     log("dSprites-like generator:")
     generator = [bench_generator(size, 1 if quick else 5, log) for size in (64, 32)]
     log("importance-weighted log-likelihood:")
@@ -452,7 +454,8 @@ def run(out: str | Path = "runs/bench.json", device: str = "auto", rounds: int =
 def _compiled_columns(values: dict, result: dict, digits: int) -> str:
     """The compiled variants' cells of a table row (nan where they were not timed)."""
     compile_s = result.get("compile_s", {})
-    return (f"{values.get('pytorch-compiled', math.nan):.{digits}f} | {values.get('toolkit-compiled', math.nan):.{digits}f} | "
+    return (f"{values.get('pytorch-compiled', math.nan):.{digits}f} | "
+            f"{values.get('toolkit-compiled', math.nan):.{digits}f} | "
             f"{result.get('compiled_step_ratio', math.nan):.3f} | {compile_s.get('pytorch', math.nan):.1f} / "
             f"{compile_s.get('toolkit', math.nan):.1f}")
 
@@ -467,7 +470,8 @@ def table(result: dict) -> str:
              "`train.compile = true`).", "",
              "| network | batch | hand-written ms/step | toolkit ms/step | step ratio | equal losses "
              "| hand-written compiled | toolkit compiled | compiled step ratio | compile s (hand / toolkit) "
-             "| eager toolkit ms/step | eager step ratio |", "|---|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|"]
+             "| eager toolkit ms/step | eager step ratio |",
+             "|---|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["train"]:
         t = r["ms_per_step"]
         lines.append(f"| {r['network']} ({r['data']}) | {r['batch_size']} | {t['pytorch']:.2f} | {t['toolkit']:.2f} | "
@@ -479,7 +483,8 @@ def table(result: dict) -> str:
                   "| compile s (hand / toolkit) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in result["single_bit"]:
             v = r["steps_per_s"]
-            lines.append(f"| n = {r['n']} | {r['rows']} | {v['pytorch']:.0f} | {v['toolkit']:.0f} | {r['step_ratio']:.3f} | "
+            lines.append(f"| n = {r['n']} | {r['rows']} | {v['pytorch']:.0f} | {v['toolkit']:.0f} | "
+                         f"{r['step_ratio']:.3f} | "
                          f"{_compiled_columns(v, r, 0)} |")
     for r in result.get("sync_free", []):
         lines += ["", f"{r['run']}{' (compiled)' if r['compile'] else ''}: an epoch under "
@@ -494,8 +499,8 @@ def table(result: dict) -> str:
         lines += [f"| {r['num_samples']} | {r['chunk_size']} | {r['datapoints']} | {r['samples_per_s']:,.0f} | "
                   f"{r['peak_mib']:.0f} |" for r in result["iw"]]
     lines += ["", "| dSprites-like set | images | median s | packed MiB |", "|---|---:|---:|---:|"]
-    lines += [f"| {g['image_size']} x {g['image_size']} | {g['images']:,} | {g['median_s']:.2f} | {g['packed_mib']:.0f} |"
-              for g in result.get("generator", [])]
+    lines += [f"| {g['image_size']} x {g['image_size']} | {g['images']:,} | {g['median_s']:.2f} | "
+              f"{g['packed_mib']:.0f} |" for g in result.get("generator", [])]
     return "\n".join(lines)
 
 
@@ -506,7 +511,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/bench.json", help="results file (default: runs/bench.json)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--rounds", type=int, default=41, help="timed rounds per batch size (default: 41)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the benchmark runs, times nothing")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes: checks that the benchmark runs, times nothing")
     parser.add_argument("--sweep", action="store_true", help="also time the whole single-bit study (minutes)")
     parser.add_argument("--jobs", type=int, default=2, help="cells at a time for --sweep (default: 2)")
     args = parser.parse_args(argv)

@@ -186,7 +186,8 @@ class IAFGuide(AmortisedGuide):
                                             bound=self.bound)
             return T.conditional_affine_autoregressive(dim, context_dim=width, hidden_dims=self.flow_hidden)
 
-        self.heads = nn.ModuleDict({s: GaussianHead(width, d, head=self.head_kind) for s, d in self.latent_dims.items()})
+        self.heads = nn.ModuleDict({s: GaussianHead(width, d, head=self.head_kind)
+                                    for s, d in self.latent_dims.items()})
         self.flows = nn.ModuleDict({s: nn.ModuleList([step(d) for _ in range(self.num_flows)])
                                     for s, d in self.latent_dims.items()})
 

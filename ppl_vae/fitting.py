@@ -26,6 +26,9 @@ from ppl_vae.infer.training import Trainer
 
 __all__ = ["fit", "Fit"]
 
+#: what ``fit`` diagnoses by default: ``diagnose``'s defaults (500 held-out rows, K = 200)
+DIAGNOSE = DiagnosticsConfig()
+
 
 @dataclass
 class Fit:
@@ -70,7 +73,7 @@ def as_dataset(data: Dataset | torch.Tensor, held_out: float = 0.1, binarize: Bi
 
 
 def fit(model, guide, data: Dataset | torch.Tensor, *, held_out: float = 0.1, binarize: Binarize = "none",
-        device: str | torch.device = "auto", diagnostics: DiagnosticsConfig | None = DiagnosticsConfig(),
+        device: str | torch.device = "auto", diagnostics: DiagnosticsConfig | None = DIAGNOSE,
         progress: bool = False, **train_options) -> Fit:
     """Train ``model``/``guide`` on ``data`` with the ELBO (any pair ``pyro.infer.SVI`` accepts), then
     diagnose it on the held-out split.
@@ -91,6 +94,8 @@ def fit(model, guide, data: Dataset | torch.Tensor, *, held_out: float = 0.1, bi
     trainer = Trainer(model, guide, as_dataset(data, held_out, binarize), TrainConfig(**train_options), device,
                       progress)
     history = trainer.fit()
-    found = {} if diagnostics is None else diagnose(trainer.model, trainer.guide, trainer.data.test_eval, diagnostics,
-                                                    trainer.analytic_kl or getattr(trainer.guide, "mean_field", None) is True)
+    # closed-form KLs where the guide declares itself mean-field (as a run's cells do), else Monte Carlo
+    analytic = trainer.analytic_kl or getattr(trainer.guide, "mean_field", None) is True
+    found = {} if diagnostics is None else diagnose(trainer.model, trainer.guide, trainer.data.test_eval,
+                                                    diagnostics, analytic)
     return Fit(trainer.model, trainer.guide, history, found, trainer.data, trainer)

@@ -171,7 +171,8 @@ def fake_mnist(tmp_path):
     g = torch.Generator().manual_seed(0)
     for prefix, n in (("train", 20), ("t10k", 8)):
         pixels = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g)
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + pixels.numpy().tobytes())
+        header = struct.pack(">IIII", 2051, n, 28, 28)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + pixels.numpy().tobytes())
         labels = torch.arange(n, dtype=torch.uint8) % 10
         (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.numpy().tobytes())
     return tmp_path / "mnist-root"

@@ -68,7 +68,8 @@ MUTANTS = [
            (('"likelihood_ratio": neg_log_px + LocalPixelModel(train).log_prob(x)',
              '"likelihood_ratio": -neg_log_px - LocalPixelModel(train).log_prob(x)'),),
            "test_image_studies.py::test_the_corrected_anomaly_scores_are_their_definitions"),
-    Mutant(8, "held-out and train-subset scoring on corrupted inputs when input_noise is on", "ppl_vae/infer/training.py",
+    Mutant(8, "held-out and train-subset scoring on corrupted inputs when input_noise is on",
+           "ppl_vae/infer/training.py",
            (("with preserved_rng(self.device):  # scoring draws z",
              "with preserved_rng(self.device), corrupted_inputs(self.guide, self.config.input_noise, "
              "self.config.noise_level):  # scoring draws z"),),

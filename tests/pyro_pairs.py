@@ -12,7 +12,8 @@ class Encoder(nn.Module):
     def __init__(self, x_dim: int, z_dim: int, hidden_dim: int):
         super().__init__()
         self.x_dim = x_dim
-        self.fc1, self.fc21, self.fc22 = nn.Linear(x_dim, hidden_dim), nn.Linear(hidden_dim, z_dim), nn.Linear(hidden_dim, z_dim)
+        self.fc1 = nn.Linear(x_dim, hidden_dim)
+        self.fc21, self.fc22 = nn.Linear(hidden_dim, z_dim), nn.Linear(hidden_dim, z_dim)
 
     def forward(self, x):
         hidden = nn.functional.softplus(self.fc1(x.reshape(-1, self.x_dim)))

@@ -32,7 +32,8 @@ def imported_modules(name: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative: from the package, up level - 1
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
             names = {f"{base}.{alias.name}" for alias in node.names}
             found |= names  # `from pkg import module`
             if not names <= set(MODULES):  # names defined by the module `base` itself

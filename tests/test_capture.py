@@ -45,7 +45,8 @@ def test_captured_run_is_the_eager_run(tiny_data, pair, free_bits):
     runs = [trainer_for(data, *pair, capture=capture, kl_schedule="linear", kl_warmup_epochs=2, free_bits=free_bits)
             for capture in (True, False)]
     histories = [run.fit() for run in runs]
-    assert [(row["epoch"], row["kl_weight"]) for row in histories[0]] == [(1, 0.4), (2, 0.9), (3, 1.0)]  # last step of each
+    # the KL weight of each epoch's last step
+    assert [(row["epoch"], row["kl_weight"]) for row in histories[0]] == [(1, 0.4), (2, 0.9), (3, 1.0)]
     for a, b in zip(map(flat, histories[0]), map(flat, histories[1])):
         assert a.keys() == b.keys()
         assert all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6) for k in a)
@@ -166,7 +167,8 @@ def test_no_host_reads_per_step(tiny_data, monkeypatch, options):
     reads = []
     for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
         original = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _f=original, _n=name, **k: (reads.append(_n), _f(self, *a, **k))[1])
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _f=original, _n=name, **k: (reads.append(_n), _f(self, *a, **k))[1])
 
     def reads_per_epoch(rows):
         x = torch.bernoulli(torch.full((rows + 8, 6), 0.5))
@@ -206,7 +208,8 @@ def _check_compiled(combination):
         warnings.simplefilter("error", CaptureWarning)  # a registered pair must capture and compile
         runs = _three_runs(combination)
     graphs = [g for g in runs["compiled"].loss.graphs.values() if g is not None]
-    assert graphs and all(not isinstance(g.graph, torch.fx.GraphModule) for g in graphs)  # Inductor's, not the FX replay
+    # Inductor's graphs, not the FX replay
+    assert graphs and all(not isinstance(g.graph, torch.fx.GraphModule) for g in graphs)
     assert runs["compiled"].loss.compile_seconds > 0 and runs["captured"].loss.compile_seconds == 0
     _assert_same_runs(runs["captured"], runs["eager"])
     _assert_same_runs(runs["compiled"], runs["captured"])

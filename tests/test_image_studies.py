@@ -59,7 +59,8 @@ def test_a_denoising_pair_trains_the_same_captured_and_eager(tiny_data, noise):
         torch.manual_seed(0)
         model = MODELS["vae"](data.data_shape, latent_dim=2, hidden=[8])
         config = TrainConfig(epochs=3, batch_size=8, lr=1e-2, **options)
-        return [{k: v for k, v in row.items() if isinstance(v, float)} for row in Trainer(model, GUIDES["gaussian"](model), data, config).fit()]
+        history = Trainer(model, GUIDES["gaussian"](model), data, config).fit()
+        return [{k: v for k, v in row.items() if isinstance(v, float)} for row in history]
 
     captured, eager = (fit(input_noise=noise, noise_level=0.4, capture=c) for c in (True, False))
     for a, b in zip(captured, eager):
@@ -225,7 +226,8 @@ def test_the_corrected_anomaly_scores_are_their_definitions(tiny_pair):
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("explore") / "run"
-    run("latent2d", out, ["grid.method=[\"vae\"]", "grid.model.latent_dim=[2]", "grid.train.seed=[0]"], quick_run=True, progress=False)
+    run("latent2d", out, ["grid.method=[\"vae\"]", "grid.model.latent_dim=[2]", "grid.train.seed=[0]"],
+        quick_run=True, progress=False)
     return out
 
 
@@ -270,7 +272,8 @@ def test_the_anomaly_report_names_the_winner_the_failures_and_checks_half_the_di
     rows = [_anomaly_row(d, {n: (0.95 if d < works and n == "likelihood_ratio" else 0.6) for n in SCORES})
             for d in range(10)]
     text = report(tmp_path, rows, [{}] * 10)
-    assert f"- [{'x' if passes else ' '}] {'PASS' if passes else 'FAIL'}: the best score exceeds ROC-AUC 0.9 for {works} of 10" in text
+    mark = f"- [{'x' if passes else ' '}] {'PASS' if passes else 'FAIL'}"
+    assert f"{mark}: the best score exceeds ROC-AUC 0.9 for {works} of 10" in text
     assert "On average `likelihood_ratio` wins" in text
     assert "`recon` fails (ROC-AUC below 0.7) for left-out digit(s): 0 (0.60), 1 (0.60)" in text
     assert (tmp_path / "roc_auc.csv").read_text().splitlines()[1] == "0,recon,0.6000"
@@ -288,8 +291,8 @@ def test_the_overfit_report_checks_memorisation_and_the_gaps(tmp_path):
     for (method, size), (train_recon, test_recon, train_loss, test_loss) in ends.items():
         name = f"method={method}__train_size={size}"
         (tmp_path / name).mkdir()
-        history = [{"epoch": e, "train_recon": train_recon * 2 / e, "test_recon": test_recon, "train_loss": train_loss * 2 / e,
-                    "test_loss": test_loss} for e in (1, 2)]
+        history = [{"epoch": e, "train_recon": train_recon * 2 / e, "test_recon": test_recon,
+                    "train_loss": train_loss * 2 / e, "test_loss": test_loss} for e in (1, 2)]
         (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
         rows.append({"cell": name, "method": method, "train_size": size, "epochs": 2})
     text = report(tmp_path, rows, [{}] * len(rows))

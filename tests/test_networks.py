@@ -19,7 +19,8 @@ def test_64x64_conv_networks_are_those_of_higgins_and_locatello():
     encoder, decoder = Encoder((1, 64, 64), [256], "conv"), Decoder(10, [256], (1, 64, 64), "conv")
     assert layers(encoder, nn.Conv2d) == [(1, 32, 4, 2), (32, 32, 4, 2), (32, 64, 4, 2), (64, 64, 4, 2)]
     assert [(m.in_features, m.out_features) for m in encoder.mlp if isinstance(m, nn.Linear)] == [(1024, 256)]
-    assert [(m.in_features, m.out_features) for m in decoder.mlp if isinstance(m, nn.Linear)] == [(10, 256), (256, 1024)]
+    linear = [(m.in_features, m.out_features) for m in decoder.mlp if isinstance(m, nn.Linear)]
+    assert linear == [(10, 256), (256, 1024)]
     assert layers(decoder, nn.ConvTranspose2d) == [(64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2), (32, 1, 4, 2)]
     z = torch.zeros(2, 3, 10)  # particles x batch
     assert decoder(z).shape == (2, 3, 1, 64, 64) and encoder(torch.zeros(2, 3, 1, 64, 64)).shape == (2, 3, 256)

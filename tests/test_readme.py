@@ -1,5 +1,5 @@
-"""The README's worked example — a new model/guide pair, trained from Python and from an
-experiment file — runs as written."""
+"""The README's examples run as written: the first, ``fit`` in five lines; the worked example (a new
+model/guide pair, trained from Python and from an experiment file); the Pyro user's own code."""
 
 import re
 import runpy
@@ -29,7 +29,8 @@ def example_folder(tmp_path, monkeypatch):
 
 
 def test_readme_has_the_example():
-    assert {"my_pairs.py", "train_laplace.py", "my-laplace.toml", "score_pair.py", "tutorial_vae.py",
+    assert re.search(r"```python\n# (\S+)", README).group(1) == "fit_digits.py"  # the first Python example is fit
+    assert {"fit_digits.py", "my_pairs.py", "train_laplace.py", "my-laplace.toml", "score_pair.py", "tutorial_vae.py",
             "train_tutorial.py", "tutorial.toml"} <= set(BLOCKS)
 
 
@@ -69,3 +70,13 @@ def test_a_tutorial_style_pyro_pair_trains_as_written(example_folder, capsys):
     assert held_out < HELD_OUT_TUTORIAL
     (summary,) = run("tutorial.toml", example_folder / "out", quick_run=True, progress=False)
     assert summary["model"] == "tutorial_vae:VAE.model" and set(summary["kl_sites"]) == {"latent"}
+
+
+def test_the_first_python_example_fits_digits_in_one_call(example_folder, capsys):
+    """The README's five-line ``fit``: a trained, diagnosed pair."""
+    runpy.run_path(str(example_folder / "fit_digits.py"))
+    found = re.search(r"held-out -ELBO (\S+) nats, (\d+) active units", capsys.readouterr().out)
+    # Measured: 178.6, 179.1, 180.1 and 181.3 nats (15-16 active units of 16) over initial seeds 0-3 on a
+    # 2-core CPU; the band is five standard deviations (1.2 nats) each side. A pair that does not
+    # train stays near the 543 nats (784 ln 2) of a coin per pixel.
+    assert 173.0 < float(found.group(1)) < 187.0 and int(found.group(2)) >= 8

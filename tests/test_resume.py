@@ -140,7 +140,7 @@ def test_a_stopped_grid_resumes_without_training_a_cell_from_scratch_twice(tmp_p
 
     resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    for cell, files in finished.items():  # kept byte for byte
+    for files in finished.values():  # kept byte for byte
         assert {p: p.read_bytes() for p in files} == files
     for cell, epoch in midway.items():  # continued from its checkpoint
         assert json.loads((cell / "summary.json").read_text())["resumed_from_epoch"] == epoch

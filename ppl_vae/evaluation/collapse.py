@@ -145,7 +145,8 @@ def latent_information(model, guide, data: torch.Tensor, num_samples: int = 1,
 
 
 @torch.no_grad()
-def posterior_draws(guide, data: torch.Tensor, num_samples: int = 20, batch_size: int = 1000) -> dict[str, torch.Tensor]:
+def posterior_draws(guide, data: torch.Tensor, num_samples: int = 20,
+                    batch_size: int = 1000) -> dict[str, torch.Tensor]:
     """``num_samples`` draws z ~ q(z | x) per datapoint and latent site, ``{site: [N, S, D]}``;
     pooled over the data they are draws of the aggregate posterior q(z) (Hoffman & Johnson 2016)."""
     draws: dict[str, list[torch.Tensor]] = {}
@@ -162,8 +163,9 @@ def diagnose(model, guide, data: torch.Tensor, config: DiagnosticsConfig | None 
     """Everything that says whether and how much the latent is used, on ``data[:config.rows]``,
     in nats per datapoint: the ELBO terms (``loss``, ``recon``, ``kl``, per site and dimension,
     ``recon_per_dim`` = recon / data dimensions), the importance-weighted ``log_px_iw`` and the
-    variational ``gap`` (Burda et al. 2016), ``log_px_iw_stderr`` (its standard error over the rows), ``khat_share`` (the share of datapoints whose PSIS
-    k-hat exceeds 0.7), ``active_units`` (Burda et al. 2016) and the decomposition
+    variational ``gap`` (Burda et al. 2016), ``log_px_iw_stderr`` (its standard error over the
+    rows), ``khat_share`` (the share of datapoints whose PSIS k-hat exceeds 0.7), ``active_units``
+    (Burda et al. 2016) and the decomposition
     ``kl`` ~ ``mi`` + ``marginal_kl`` (Hoffman & Johnson 2016; its own Monte Carlo ``info_kl``).
     ``analytic_kl``: closed-form KLs where registered; only for a mean-field guide (as the
     ``analytic`` estimator). A model with global latent sites (``pairs.Program``) gets their KLs as

@@ -36,7 +36,8 @@ def cluster_scores(code: torch.Tensor, labels: torch.Tensor, k: int = 10, seed: 
     return {"ari": float(adjusted_rand_score(truth, found)), "nmi": float(normalized_mutual_info_score(truth, found))}
 
 
-def nearest_distance(images: torch.Tensor, reference: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
+def nearest_distance(images: torch.Tensor, reference: torch.Tensor,
+                     excluded: torch.Tensor | None = None) -> torch.Tensor:
     """Root-mean-square pixel distance from each image to its nearest reference image, ``[N]``
     (0 = a real image; an image between two classes that matches neither is far from all).
 

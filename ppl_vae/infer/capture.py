@@ -68,7 +68,8 @@ class JointGraph:
     grad_of: list[int]
 
 
-def _grad_mismatch(names: list[str], replayed: list[torch.Tensor | None], eager: list[torch.Tensor | None]) -> str | None:
+def _grad_mismatch(names: list[str], replayed: list[torch.Tensor | None],
+                   eager: list[torch.Tensor | None]) -> str | None:
     """The first parameter whose replayed gradient differs from the eager one, described; else None."""
     for name, a, b in zip(names, replayed, eager):
         if a is None and b is None:
@@ -88,8 +89,9 @@ def _grad_mismatch(names: list[str], replayed: list[torch.Tensor | None], eager:
 
 class TrainingLoss:
     """``loss_and_grads(x, weight, scale, release)``: the estimator's loss on a batch with KL weight
-    ``weight`` (a 0-dim tensor) and the ``free_bits`` floors times ``release``, times ``scale``, with its gradient set as each parameter's ``.grad`` (None
-    where the loss does not depend on the parameter), as Pyro's ``ELBO.loss_and_grads`` does.
+    ``weight`` (a 0-dim tensor) and the ``free_bits`` floors times ``release``, times ``scale``, with
+    its gradient set as each parameter's ``.grad`` (None where the loss does not depend on the
+    parameter), as Pyro's ``ELBO.loss_and_grads`` does.
 
     The first batch of each shape runs eagerly with Pyro's validation as the caller has it (on by
     default), which checks the pair's shapes, supports and parameters; later batches replay the
@@ -236,7 +238,8 @@ class TrainingLoss:
             mismatch = f"could not be compiled ({_reason(error)})"
         self.compile_seconds += time.perf_counter() - started
         if mismatch:
-            warnings.warn(f"the captured training loss {mismatch}; replaying it uncompiled", CaptureWarning, stacklevel=5)
+            warnings.warn(f"the captured training loss {mismatch}; replaying it uncompiled", CaptureWarning,
+                          stacklevel=5)
             return graph
         return compiled
 

@@ -22,8 +22,9 @@ class TrainConfig:
     estimator: str = "mc"  # registered ELBO estimator: mc | analytic | iw
     num_particles: int = 1  # samples of z per datapoint in the training objective
     free_bits: float = 0.0  # nats per latent dimension the KL may use for free (Kingma et al. 2016); 0 = off
-    free_bits_sites: dict[str, float] = field(default_factory=dict)  # per-site free bits, e.g. {z2 = 0.5}; ahead of free_bits
-    free_bits_release: float = 0.0  # fraction of the steps over which free_bits_sites fall linearly to 0 (then: plain ELBO); 0 = held
+    # per-site free bits, e.g. {z2 = 0.5}; ahead of free_bits
+    free_bits_sites: dict[str, float] = field(default_factory=dict)
+    free_bits_release: float = 0.0  # share of the steps over which free_bits_sites fall linearly to 0; 0 = held
     grad_clip: float = 0.0  # max L2 norm of each step's gradient over all parameters (torch's clip_grad_norm_); 0 = off
     kl_weight: float = 1.0  # beta: 1 = ELBO, > 1 = beta-VAE, 0 with guide "delta" = plain autoencoder
     kl_schedule: Literal["constant", "linear", "cyclical"] = "constant"  # how the weight reaches kl_weight
@@ -33,10 +34,11 @@ class TrainConfig:
     checkpoint_every: int = 5  # epochs between checkpoints (the last epoch is always saved)
     eval_every: int = 1  # epochs between scored history rows (the last epoch is always scored)
     capture: bool = True  # replay the loss as a captured graph (ppl_vae.infer.capture); false = run the pair eagerly
-    compile: bool = False  # compile the captured graph with Inductor (torch.compile); a pair that fails replays uncompiled
-    threads: int = 0  # torch's CPU threads while training and diagnosing, whichever runner runs the cell; 0 = as torch has it
-    tensorboard: bool = False  # run folders: each cell also logs its history rows and image grids for TensorBoard (ppl_vae.viz.board)
-    input_noise: Literal["none", "gaussian", "masking"] = "none"  # the guide sees corrupted x (denoising; ppl_vae.data.corruption)
+    compile: bool = False  # compile the captured graph with Inductor (torch.compile); one that fails replays uncompiled
+    threads: int = 0  # torch's CPU threads while training and diagnosing, under every runner; 0 = as torch has it
+    tensorboard: bool = False  # run folders: each cell also logs its history and image grids (ppl_vae.viz.board)
+    # the guide sees corrupted x (denoising; ppl_vae.data.corruption)
+    input_noise: Literal["none", "gaussian", "masking"] = "none"
     noise_level: float = 0.5  # gaussian: the noise's standard deviation; masking: the fraction of pixels set to 0
 
     def __post_init__(self):
@@ -44,11 +46,13 @@ class TrainConfig:
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 0, "lr": self.lr > 0,
             "lr_final": self.lr_final is None or self.lr_final > 0, "num_particles": self.num_particles >= 1,
             "free_bits": self.free_bits >= 0, "free_bits_release": 0 <= self.free_bits_release <= 1,
-            "free_bits_sites": isinstance(self.free_bits_sites, dict) and all(isinstance(v, (int, float)) and v >= 0 for v in self.free_bits_sites.values()),
+            "free_bits_sites": isinstance(self.free_bits_sites, dict)
+            and all(isinstance(v, (int, float)) and v >= 0 for v in self.free_bits_sites.values()),
             "kl_weight": self.kl_weight >= 0, "grad_clip": self.grad_clip >= 0,
             "kl_warmup_epochs": self.kl_warmup_epochs >= 0, "kl_cycles": self.kl_cycles >= 1,
             "checkpoint_every": self.checkpoint_every >= 0, "threads": self.threads >= 0,
-            "noise_level": self.noise_level >= 0 and (self.input_noise != "masking" or self.noise_level < 1), "eval_every": self.eval_every >= 1,
+            "noise_level": self.noise_level >= 0 and (self.input_noise != "masking" or self.noise_level < 1),
+            "eval_every": self.eval_every >= 1,
         }
         for key, ok in checks.items():
             if not ok:
@@ -58,8 +62,8 @@ class TrainConfig:
             raise ConfigError(f"[train] kl_warmup_epochs = {self.kl_warmup_epochs} ramps the KL weight only with "
                               f"kl_schedule = 'linear' (it is {self.kl_schedule!r}): set kl_schedule = 'linear'")
         if self.free_bits_sites and self.estimator == "iw":
-            raise ConfigError("[train] free_bits_sites apply to a KL term, which the importance-weighted bound has not: "
-                              "use estimator 'mc' or 'analytic'")
+            raise ConfigError("[train] free_bits_sites apply to a KL term, which the importance-weighted bound "
+                              "has not: use estimator 'mc' or 'analytic'")
 
 
 #: ArviZ's PSIS fits the largest min(K / 5, 3 sqrt(K)) of K weights and needs at least 5 of them
@@ -76,7 +80,7 @@ class DiagnosticsConfig:
     chunk_size: int = 100  # importance samples drawn at once per datapoint (bounds the memory)
     info_samples: int = 1  # draws per datapoint for I(x; z) and KL(q(z) || p(z))
     mean_samples: int = 500  # draws per datapoint averaged into E_q[z | x] where it has no closed form (flows)
-    metric_train: int = 10_000  # disentanglement metrics (where data have factors): training points, as disentanglement_lib
+    metric_train: int = 10_000  # disentanglement metrics (data with factors): training points, as disentanglement_lib
     metric_eval: int = 5_000  # disentanglement metrics: held-out points of the classifier scores
 
     def __post_init__(self):

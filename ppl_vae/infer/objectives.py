@@ -95,7 +95,8 @@ class ElboEstimator(DeviceELBO, Trace_ELBO):
         mean_field = getattr(guide, "mean_field", True)
         if self.analytic_kl and mean_field is None:  # Pyro code of the user's own that does not say
             raise IncompatiblePairError(
-                f"estimator 'analytic' needs a mean-field guide, and guide {getattr(guide, "name", type(guide).__name__)} does not say whether it is one: "
+                f"estimator 'analytic' needs a mean-field guide, and guide "
+                f"{getattr(guide, 'name', type(guide).__name__)} does not say whether it is one: "
                 "set mean_field = True on it (or on the module whose method it is) if each latent's q depends on "
                 "x alone, or use estimator 'mc' or 'iw'")
         if self.analytic_kl and not mean_field:

@@ -144,7 +144,8 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         n = len(self.data.train)
         # full batch: the whole set in place (a shuffle would only copy it); else shuffled batches
-        batches = [slice(None)] if self.batch_size == n else torch.randperm(n, device=self.device).split(self.batch_size)
+        batches = ([slice(None)] if self.batch_size == n
+                   else torch.randperm(n, device=self.device).split(self.batch_size))
         with corrupted_inputs(self.guide, self.config.input_noise, self.config.noise_level):
             for index in batches:
                 total += self._step(self.data.batch(index), check)
@@ -201,7 +202,8 @@ class Trainer:
             row = None
             if self.epoch % self.config.eval_every == 0 or self.epoch == self.config.epochs:
                 row = {"epoch": self.epoch, "step": self.step, "kl_weight": self.kl_schedule(self.step - 1),
-                       "lr": self.optimizer.param_groups[0]["lr"], "train_objective": sum(self.unscored) / len(self.unscored)}
+                       "lr": self.optimizer.param_groups[0]["lr"],
+                       "train_objective": sum(self.unscored) / len(self.unscored)}
                 with preserved_rng(self.device):  # scoring draws z; training's random stream must not see it
                     row |= {f"train_{k}": v for k, v in self.evaluate(self.data.train_eval[:TRAIN_EVAL_SIZE]).items()}
                     row |= {f"test_{k}": v for k, v in self.evaluate(self.data.test_eval).items()}

@@ -78,7 +78,7 @@ def find(name: str) -> Study:
                           "a module of yours that defines STUDY)") from error
     study = getattr(module, "STUDY", None)
     if not isinstance(study, Study):
-        raise ConfigError(f"report {name!r}: module {module_name} defines no STUDY (a ppl_vae.runs.studies.Study)")
+        raise ConfigError(f"report {name!r}: module {module_name} defines no STUDY (a ppl_vae.runs.study.Study)")
     return study
 
 

@@ -79,7 +79,8 @@ def aggregate_posterior(panels: list[tuple[str, torch.Tensor, torch.Tensor | Non
 
 
 def curves(x: list[float], series: dict[str, list[float]], path: str | Path, xlabel: str, ylabel: str,
-           references: dict[str, list[float]] | None = None, logx: bool = False, logy: bool = False, title: str = "") -> Path:
+           references: dict[str, list[float]] | None = None, logx: bool = False, logy: bool = False,
+           title: str = "") -> Path:
     """One line per series against ``x``; ``references`` (e.g. ln 2) dashed in black and grey."""
     fig, ax = plt.subplots(figsize=(5.6, 4))
     for name, ys in series.items():
