@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import ppl_vae
-from ppl_vae import ConfigError, Dataset, Trainer, TrainConfig, fit
+from ppl_vae import ConfigError, Dataset, TrainConfig, Trainer, fit
 
 
 def test_fit_holds_out_a_share_of_a_tensor_and_diagnoses_the_held_out_rows(tiny_pair):
