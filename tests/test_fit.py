@@ -2,6 +2,7 @@
 and ``Trainer.train_step`` for a loop of one's own."""
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -72,6 +73,7 @@ def test_a_trainer_without_a_device_trains_on_cuda_where_torch_sees_it(tiny_pair
     with pytest.raises(Moved):
         fit(model, guide, tiny_data())
     assert moved_to == [torch.device("cuda"), torch.device("cuda")]
+    assert inspect.signature(ppl_vae.restore).parameters["device"].default == "auto"  # a Trainer's default too
 
 
 def test_an_epoch_of_train_steps_is_the_trainers_epoch(tiny_pair, tiny_data):

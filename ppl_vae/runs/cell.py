@@ -208,8 +208,9 @@ def image_figures(model, guide, x: torch.Tensor, figures: Path, tensorboard=None
             tensorboard.add_images(name, images.detach().cpu(), epoch)
 
 
-def restore(folder: str | Path, device: str = "cpu"):
-    """The trained data, model and guide of a finished cell folder (its config.json and checkpoint.pt)."""
+def restore(folder: str | Path, device: str = "auto"):
+    """The trained data, model and guide of a finished cell folder (its config.json and checkpoint.pt),
+    on ``device`` (``"auto"``: CUDA where torch sees a GPU; the reports restore on the CPU)."""
     folder = Path(folder)
     config = read(folder / "config.json", lambda p: json.loads(p.read_text()), folder.name)
     data, model, guide, train = build(config)

@@ -71,7 +71,7 @@ def explore(folder: str | Path, cell: str | None = None, between: tuple[int, int
     """
     written = []
     for path in cell_folders(folder, cell):
-        data, model, guide = restore(path)
+        data, model, guide = restore(path, device="cpu")
         if len(model.data_shape) != 3:
             raise ConfigError(f"{path}: explore draws images, but this run's data are vectors of shape "
                               f"{model.data_shape}")

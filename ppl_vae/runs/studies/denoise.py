@@ -85,7 +85,7 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
     noisy = {kind: corrupted(x[:8], kind, levels[1]) for kind, levels in LEVELS.items()}
     strips = {kind: [clean[:8], inputs] for kind, inputs in noisy.items()}
     for r in rows:
-        _, model, guide = cell.restore(out / r["cell"])
+        _, model, guide = cell.restore(out / r["cell"], device="cpu")
         for kind, inputs in noisy.items():
             strips[kind].append(reconstruct(model, guide, inputs))
     shown = [f"`{plots.image_grid(torch.cat(s), figures / f'denoise_{kind}.png', nrow=8).relative_to(out)}`"

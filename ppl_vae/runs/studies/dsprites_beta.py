@@ -169,7 +169,7 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
         first = min(group, key=lambda r: r["seed"])
         per_dim = first["kl_dims"]["z"]
         kl[f"beta = {b}"] = sorted(per_dim, reverse=True)
-        data_, model, guide = cell.restore(out / first["cell"])
+        data_, model, guide = cell.restore(out / first["cell"], device="cpu")
         order = sorted(range(len(per_dim)), key=lambda d: -per_dim[d])
         images = collapse.latent_traversal(model, guide, data_.test_eval[:1], dims=order)
         plots.image_grid(images, figures / f"traversal_beta{b}.png", nrow=len(images) // len(order))

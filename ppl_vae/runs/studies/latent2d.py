@@ -67,7 +67,7 @@ def _figures(out: Path, rows: list[dict], configs: dict[str, dict]) -> list[str]
     """Code maps and decoded planes of the 2-D cells; 1 -> 7 interpolations of every cell."""
     figures, maps, written, strips = out / "figures", {}, [], []
     for row in rows:
-        data, model, guide = cell.restore(out / row["cell"])
+        data, model, guide = cell.restore(out / row["cell"], device="cpu")
         x, labels = data.test_eval, data.test_labels
         name = f"{row['method'].upper()}, {row['latent_dim']}-D"
         if row["latent_dim"] == 2:

@@ -159,7 +159,7 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
                   f"`figures/aggregate_posterior_n{ns[-1]}.png`."]
     panels = []
     for row in (best[ns[-1], f] for f in families):  # q(z) of each family's top latent (z, or the DLGM's z2)
-        data, model, guide = cell.restore(out / row["cell"])
+        data, model, guide = cell.restore(out / row["cell"], device="cpu")
         top = next(iter(model.latent_dims))
         panels += collapse.aggregate_posterior_panels(
             model, guide, data, samples=FIGURE_SAMPLES, sites=[top],
