@@ -11,6 +11,8 @@ cell back, ``diagnose`` measures posterior collapse for any pair. The subpackage
 (['dlgm', 'vae'], ['bernoulli', 'delta', 'gaussian', 'iaf', 'structured'], ['analytic', 'iw', 'mc'])
 """
 
+import importlib
+
 # Importing the toolkit changes none of Pyro's settings: each pair it trains keeps its parameters
 # in a param store of its own (``ppl_vae.infer.pairs``), whatever ``module_local_params`` says.
 from ppl_vae import guides, models  # registers the bundled models and guides
@@ -32,8 +34,17 @@ from ppl_vae.infer import (
                            importance_log_likelihood,
 )
 from ppl_vae.registry import ESTIMATORS, GUIDES, MODELS
-from ppl_vae.runs.cell import restore
-from ppl_vae.runs.experiment import report, run
+
+#: imported on first use: running experiments brings matplotlib and torchvision's utilities (1.5 s on
+#: 2 CPU cores), which training and diagnosing from Python, and every grid worker's start, do without
+_RUNS = {"run": "ppl_vae.runs.experiment", "report": "ppl_vae.runs.experiment", "restore": "ppl_vae.runs.cell"}
+
+
+def __getattr__(name: str):
+    if name in _RUNS:
+        return getattr(importlib.import_module(_RUNS[name]), name)
+    raise AttributeError(f"module 'ppl_vae' has no attribute {name!r}")
+
 
 __all__ = ["fit", "Fit", "run", "report", "restore", "diagnose", "models", "guides", "MODELS", "GUIDES", "ESTIMATORS",
            "DATASETS", "Dataset", "Trainer", "TrainConfig", "DiagnosticsConfig", "KLWeight", "KLSchedule", "FreeBits",
