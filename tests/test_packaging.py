@@ -10,6 +10,7 @@ import pkgutil
 import re
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -80,3 +81,15 @@ def test_a_wheel_install_finds_its_experiments_and_runs_one_from_an_empty_folder
     wheel = json.loads((tmp_path / "wheel-run" / "summary.json").read_text())
     numbers = ("loss", "recon", "kl", "log_px_iw", "active_units", "train_loss")
     assert {k: wheel[k] for k in numbers} == {k: editable[k] for k in numbers}
+
+
+def test_pyproject_lists_every_package_the_wheel_needs():
+    """A subpackage missing from ``[tool.setuptools] packages`` would be left out of a wheel (the
+    editable install would not notice): every folder of the package with an ``__init__.py`` is listed."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join(("ppl_vae", *p.parent.relative_to(ROOT / "ppl_vae").parts))
+             for p in (ROOT / "ppl_vae").rglob("__init__.py")}
+    found |= {f"ppl_vae.{folder}" for folder in ("models", "guides", "experiments")}  # mapped from the top level
+    assert set(setuptools["packages"]) == found
+    assert {k: v for k, v in setuptools["package-dir"].items() if k != "ppl_vae"} == {
+        "ppl_vae.models": "models", "ppl_vae.guides": "guides", "ppl_vae.experiments": "experiments"}
