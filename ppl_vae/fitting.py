@@ -94,8 +94,6 @@ def fit(model, guide, data: Dataset | torch.Tensor, *, held_out: float = 0.1, bi
     trainer = Trainer(model, guide, as_dataset(data, held_out, binarize), TrainConfig(**train_options), device,
                       progress)
     history = trainer.fit()
-    # closed-form KLs where the guide declares itself mean-field (as a run's cells do), else Monte Carlo
-    analytic = trainer.analytic_kl or getattr(trainer.guide, "mean_field", None) is True
     found = {} if diagnostics is None else diagnose(trainer.model, trainer.guide, trainer.data.test_eval,
-                                                    diagnostics, analytic)
+                                                    diagnostics, trainer.diagnose_kl_in_closed_form)
     return Fit(trainer.model, trainer.guide, history, found, trainer.data, trainer)

@@ -217,6 +217,12 @@ class Trainer:
                 on_epoch(row)
         return self.history
 
+    @property
+    def diagnose_kl_in_closed_form(self) -> bool:
+        """Whether the end-of-run diagnostics may take closed-form KLs: under the ``analytic`` estimator,
+        or where the guide declares itself mean-field (the bundled ones do); else Monte Carlo."""
+        return self.analytic_kl or getattr(self.guide, "mean_field", None) is True
+
     def evaluate(self, data: torch.Tensor) -> dict:
         """Negative ELBO and its terms on ``data`` (KL weight 1), nats per example, no optimiser step."""
         return evaluate(self.model, self.guide, data, self.analytic_kl)
@@ -249,4 +255,5 @@ def _check_data(model, data) -> None:
     needs binary data (``data.binarize`` or 0/1 values), or its nats are not those of the literature."""
     if getattr(getattr(model, "likelihood", None), "needs_binary_data", False) and not data.is_binary:
         raise ConfigError(f"a Bernoulli likelihood needs binary data, but {data.name!r} is not binary: "
-                          "set data.binarize = \"dynamic\" or \"static\", or use a Gaussian likelihood")
+                          "set data.binarize = \"dynamic\" or \"static\" (fit: binarize=\"dynamic\"), or use a "
+                          "Gaussian likelihood")

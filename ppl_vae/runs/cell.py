@@ -176,9 +176,8 @@ def _run_cell(task: CellTask) -> dict:
         plots.loss_curves(history, figures / "loss.png")
         if len(data.data_shape) == 3:  # on the training device
             image_figures(model, guide, trainer.data.test_eval[:8], figures, tensorboard, trainer.epoch)
-    # closed-form KLs where the guide declares itself mean-field (the bundled ones do), else Monte Carlo
-    analytic = trainer.analytic_kl or getattr(guide, "mean_field", None) is True
-    found = collapse.diagnose(model, guide, trainer.data.test_eval, diagnostics_config(config), analytic)
+    found = collapse.diagnose(model, guide, trainer.data.test_eval, diagnostics_config(config),
+                              trainer.diagnose_kl_in_closed_form)
     panels = collapse.aggregate_posterior_panels(model, guide, trainer.data, FIGURE_ROWS, FIGURE_SAMPLES)
     if panels:  # only 1-D and 2-D latent sites can be drawn
         plots.aggregate_posterior(panels, figures / "aggregate_posterior.png")
