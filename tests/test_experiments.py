@@ -12,6 +12,7 @@ from experiment_text import TINY_EXPERIMENT
 
 from ppl_vae import ConfigError
 from ppl_vae.cli import first_sentence, main
+from ppl_vae.evaluation.disentanglement import NonFiniteCodesError
 from ppl_vae.runs import experiment_file
 from ppl_vae.runs.cell import CellTask, RunFolderError
 from ppl_vae.runs.experiment import CellsFailed, run
@@ -179,6 +180,19 @@ def test_a_cell_that_raises_leaves_the_others_gathered(tmp_path, capsys, jobs):
     assert main(["run", str(path), "--out", str(out), "--resume", "--jobs", str(jobs)]) == 1
     err = capsys.readouterr().err
     assert "ppl-vae: error: 1 of 3 cell(s) failed: lr=1e+30" in err and "--resume" in err
+
+
+@pytest.mark.parametrize("raised, code", [
+    (NonFiniteCodesError("the representation returned 3 non-finite codes"), 1),  # a Fault: the work failed
+    (ConfigError("[train] lr = -1 is out of range"), 2),  # the input is wrong
+])
+def test_the_command_exits_1_for_a_fault_and_2_for_bad_input(monkeypatch, capsys, raised, code):
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr("ppl_vae.runs.experiment.run", fail)
+    assert main(["run", "digits-vae"]) == code
+    assert capsys.readouterr().err == f"ppl-vae: error: {raised}\n"
 
 
 BAD = [
