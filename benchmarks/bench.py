@@ -1,7 +1,7 @@
 """The benchmark: what a Pyro model/guide pair costs over hand-written PyTorch. Run it from a checkout:
 ``python benchmarks/bench.py [--quick] [--device cuda]`` (``--help`` lists the options).
 
-Not part of the test run, nor of the package: it uses the package's public API only. Speed goals
+Not part of the test run, nor of the package: it reaches no private member of the package. Speed goals
 live here. Everything is measured in one process, the variants interleaved round by round (in
 alternating order), and medians reported.
 

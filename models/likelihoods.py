@@ -18,7 +18,7 @@ from torch.nn import functional as F
 class FactorisedBernoulli(dist.Independent):
     """``Bernoulli(logits).to_event(n)`` whose ``log_prob`` sums the per-pixel cross-entropy
     before negating it: the same values, one pass over the pixels fewer forward and backward
-    (about 2% of a training step at batch 1,024; ``ppl-vae bench``).
+    (about 2% of a training step at batch 1,024; ``benchmarks/bench.py``).
 
     >>> d = FactorisedBernoulli(dist.Bernoulli(logits=torch.zeros(2, 3)), 1)
     >>> d.log_prob(torch.ones(2, 3))

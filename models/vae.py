@@ -7,7 +7,7 @@ to their sizes; ``data_shape`` is the shape of one example.
 
 Models and guides are plain ``torch.nn.Module``s: a ``PyroModule`` issues a Pyro ``param``
 statement for every parameter each time it is touched, which costs more per step than the
-rest of Pyro's machinery (``ppl-vae bench``). Subclass ``PyroModule`` where you need
+rest of Pyro's machinery (``benchmarks/bench.py``). Subclass ``PyroModule`` where you need
 ``PyroParam`` or ``PyroSample``; the toolkit accepts either.
 """
 

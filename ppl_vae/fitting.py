@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 
@@ -53,13 +54,21 @@ class Fit:
     trainer: Trainer
 
 
-def as_dataset(data: Dataset | torch.Tensor, held_out: float = 0.1, binarize: Binarize = "none",
+def as_dataset(data: Dataset | torch.Tensor, held_out: float | None = None, binarize: Binarize | None = None,
                seed: int = 0) -> Dataset:
-    """``data`` as a ``Dataset``: one is returned as it is; a tensor ``[N, *data_shape]`` is shuffled
-    with ``seed`` and ``held_out`` of its rows held out (0: none; the held-out scores are then those
-    of the training rows)."""
+    """``data`` as a ``Dataset``: one is returned as it is (its split and binarisation are its own); a
+    tensor ``[N, *data_shape]`` is shuffled with ``seed`` and ``held_out`` of its rows (default 0.1)
+    held out (0: none; the held-out scores are then those of the training rows)."""
     if isinstance(data, Dataset):
+        if held_out is not None or binarize is not None:
+            raise ConfigError("held_out and binarize apply to tensor data; a Dataset has its own split and "
+                              "binarisation: leave them out, or pass the tensor")
         return data
+    held_out, binarize = 0.1 if held_out is None else held_out, binarize or "none"
+    if binarize not in get_args(Binarize):
+        raise ConfigError(f"binarize = {binarize!r} is not one of {', '.join(get_args(Binarize))}")
+    if not 0 <= held_out < 1:
+        raise ConfigError(f"held_out = {held_out!r} is out of range: the share of rows held out, in [0, 1)")
     if not isinstance(data, torch.Tensor) or data.ndim < 2:
         raise ConfigError(f"fit takes a ppl_vae.data.Dataset or a tensor [N, *data_shape], not {type(data).__name__}"
                           f"{' of shape ' + str(tuple(data.shape)) if isinstance(data, torch.Tensor) else ''}: "
@@ -72,15 +81,18 @@ def as_dataset(data: Dataset | torch.Tensor, held_out: float = 0.1, binarize: Bi
     return Dataset("tensor", train, test, binarize)
 
 
-def fit(model, guide, data: Dataset | torch.Tensor, *, held_out: float = 0.1, binarize: Binarize = "none",
+def fit(model, guide, data: Dataset | torch.Tensor, *, held_out: float | None = None, binarize: Binarize | None = None,
         device: str | torch.device = "auto", diagnostics: DiagnosticsConfig | None = DIAGNOSE,
         progress: bool = False, **train_options) -> Fit:
     """Train ``model``/``guide`` on ``data`` with the ELBO (any pair ``pyro.infer.SVI`` accepts), then
     diagnose it on the held-out split.
 
-    :param data: a ``Dataset``, or a tensor ``[N, *data_shape]`` of which ``held_out`` is held out.
+    :param data: a ``Dataset``, or a tensor ``[N, *data_shape]`` of which ``held_out`` (default 0.1)
+        is held out, shuffled with a fixed seed so every training seed sees the same split (as an
+        experiment file's ``data.seed`` is apart from ``train.seed``).
     :param binarize: for tensor data under a Bernoulli likelihood: ``"dynamic"`` draws binary x from
-        the pixel intensities for every batch, ``"static"`` once (``"none"``: the data must be 0/1).
+        the pixel intensities for every batch, ``"static"`` once (``"none"``, the default: the data
+        must be 0/1). A ``Dataset`` brings its own split and binarisation.
     :param device: ``"auto"`` (CUDA when torch sees a GPU, else the CPU), ``"cpu"`` or ``"cuda"``.
     :param diagnostics: what ``diagnose`` computes (rows, importance samples); ``None`` skips it.
     :param train_options: ``TrainConfig`` fields (``epochs``, ``lr``, ``batch_size``, ``estimator``,

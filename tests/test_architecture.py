@@ -6,6 +6,7 @@ import ast
 import importlib.util
 import inspect
 import pkgutil
+from pathlib import Path
 
 from pyro.infer import Trace_ELBO
 from pyro.infer.trace_elbo import _compute_log_r
@@ -103,13 +104,22 @@ def test_the_layer_check_sees_an_upward_import():
 
 
 def test_no_module_of_the_package_imports_the_benchmark():
-    """The benchmark (``benchmarks/bench.py``) uses the public API; nothing in the package uses it."""
+    """Nothing in the package uses the benchmark (``benchmarks/bench.py``), and the benchmark reaches no
+    private name of the package: no ``_name`` imported from it, no ``._name`` attribute anywhere."""
     for name in MODULES:
         with open(importlib.util.find_spec(name).origin) as source:
             tree = ast.parse(source.read())
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert not {m for m in imported if m.split(".")[0] in ("bench", "benchmarks")}, name
+    bench = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+    tree = ast.parse(bench.read_text())
+    private = [f"line {node.lineno}: {alias.name}" for node in ast.walk(tree)
+               if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ppl_vae")
+               for alias in node.names if alias.name.startswith("_")]
+    private += [f"line {node.lineno}: .{node.attr}" for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                and node.attr.startswith("_") and not node.attr.startswith("__")]
+    assert not private, "benchmarks/bench.py reaches private names: " + ", ".join(private)
 
 
 def test_the_cycle_finder_finds_a_cycle():

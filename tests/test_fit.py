@@ -47,6 +47,10 @@ def test_fit_binarises_grey_data_for_a_bernoulli_likelihood_only_when_asked(tiny
     (torch.zeros(8, 6), {"epoch": 3}, r"unknown training option\(s\) epoch: the options are TrainConfig's fields: "
                                       r".*epochs"),
     (torch.zeros(8, 6), {"epochs": 0}, r"\[train\] epochs = 0 is out of range"),
+    (torch.zeros(8, 6), {"binarize": "Dynamic"}, r"binarize = 'Dynamic' is not one of none, static, dynamic"),
+    (torch.zeros(8, 6), {"held_out": 1.0}, r"held_out = 1.0 is out of range: the share of rows held out, in \[0, 1\)"),
+    (Dataset("d", torch.zeros(6, 6), torch.zeros(2, 6)), {"held_out": 0.5},
+     r"held_out and binarize apply to tensor data; a Dataset has its own split"),
 ])
 def test_fit_refuses_bad_input_with_the_fix(tiny_pair, data, options, message):
     model, guide = tiny_pair("vae", "gaussian")

@@ -8,6 +8,7 @@ import json
 import os
 import pkgutil
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -40,14 +41,27 @@ def test_docstring_examples(name):
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def clone_of_checkout(destination: Path) -> Path:
+    """The files a fresh clone would hold (those git tracks, and new ones it does not ignore), copied
+    into ``destination``: a wheel built there cannot take a stale ``build/`` folder or an ignored file."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():  # a tracked file deleted in the working tree is not there
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, destination / name)
+    return destination
+
+
 @pytest.fixture(scope="module")
 def installed_wheel(tmp_path_factory) -> Path:
-    """A wheel built from this checkout, installed (without its dependencies, which this environment
-    has) into a folder of its own: the folder."""
+    """A wheel built from what a clone of this checkout holds, installed (without its dependencies,
+    which this environment has) into a folder of its own: the folder."""
     folder = tmp_path_factory.mktemp("wheel")
+    source = clone_of_checkout(folder / "clone")
     isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", str(folder / "dist"),
-                    str(ROOT)], check=True, capture_output=True)
+                    str(source)], check=True, capture_output=True)
     (wheel,) = (folder / "dist").glob("ppl_vae-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()

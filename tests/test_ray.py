@@ -122,6 +122,9 @@ class ScriptedRay:
         class RayError(Exception):
             pass
 
+        class AuthenticationError(RayError):
+            pass
+
     def __init__(self, script):
         self.script, self.letters, self.outcomes = list(script), [], {}
 
@@ -176,15 +179,23 @@ def test_the_driver_writes_each_cells_checkpoints_oldest_first_and_its_final_fil
 
 
 class UnreachableRay(ScriptedRay):
-    """A stand-in whose ``ray.init`` fails as Ray 2.60's does for a cluster that refuses this shell's token."""
+    """A stand-in whose ``ray.init`` fails as Ray 2.60's does: ``ConnectionError`` for a cluster it cannot
+    reach with this shell's token, ``AuthenticationError`` where token authentication is on but no token set."""
+
+    def __init__(self, error):
+        super().__init__([])
+        self.error = error
 
     def init(self, **options):
-        raise ConnectionError(f"Failed to connect to Ray cluster at {options['address']}.")
+        raise self.error
 
 
 @pytest.mark.parametrize("token", [None, TOKEN], ids=["token-unset", "token-set"])
-def test_a_cluster_that_cannot_be_reached_names_the_token_and_the_exports(monkeypatch, token):
-    monkeypatch.setattr("ppl_vae.runs.ray_runner.import_ray", lambda: UnreachableRay([]))
+@pytest.mark.parametrize("refusal", [ConnectionError("Failed to connect to Ray cluster at 10.0.0.7:6379."),
+                                   ScriptedRay.exceptions.AuthenticationError("Failed to connect: no token found")],
+                         ids=["connection", "authentication"])
+def test_a_cluster_that_cannot_be_reached_names_the_token_and_the_exports(monkeypatch, token, refusal):
+    monkeypatch.setattr("ppl_vae.runs.ray_runner.import_ray", lambda: UnreachableRay(refusal))
     if token is None:
         monkeypatch.delenv("RAY_AUTH_TOKEN")
         monkeypatch.delenv("RAY_AUTH_MODE")

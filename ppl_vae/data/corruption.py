@@ -9,8 +9,9 @@ does that for any ``nn.Module`` guide, with a forward pre-hook, so no training l
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 from torch import nn

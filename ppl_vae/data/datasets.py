@@ -9,9 +9,10 @@ train evaluation always use one fixed draw, so scores are comparable across epoc
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
@@ -58,11 +59,11 @@ class Dataset:
         x = self.train[index]
         return torch.bernoulli(x) if self.binarize == "dynamic" else x
 
-    def map_tensors(self, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> "Dataset":
+    def map_tensors(self, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> Dataset:
         """A copy with ``fn(field name, tensor)`` applied to every tensor field that is set."""
         return replace(self, **{f: fn(f, getattr(self, f)) for f in TENSOR_FIELDS if getattr(self, f) is not None})
 
-    def to(self, device: torch.device | str) -> "Dataset":
+    def to(self, device: torch.device | str) -> Dataset:
         return self.map_tensors(lambda _, t: t.to(device))
 
 

@@ -57,8 +57,9 @@ from __future__ import annotations
 
 import functools
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -277,7 +278,7 @@ class FactorDataset(Dataset):
     train_factors: torch.Tensor | None = None
     test_factors: torch.Tensor | None = None
 
-    def map_tensors(self, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> "FactorDataset":
+    def map_tensors(self, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> FactorDataset:
         mapped = super().map_tensors(fn)  # the factor tensors are not in data.TENSOR_FIELDS
         return replace(mapped, **{f: fn(f, getattr(self, f)) for f in ("train_factors", "test_factors")
                                   if getattr(self, f) is not None})

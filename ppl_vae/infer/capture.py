@@ -2,7 +2,7 @@
 
 Each step, Pyro runs the model/guide pair in Python: sample statements pass through the handler
 stack, distribution objects are built and their log-densities summed. For the 784-512-512-32
-VAE at batch 128 that is about 1 ms of Python in a 10 ms step on a CPU (``ppl-vae bench``).
+VAE at batch 128 that is about 1 ms of Python in a 10 ms step on a CPU (``benchmarks/bench.py``).
 ``TrainingLoss`` traces the loss **and its backward pass** with ``make_fx`` (PyTorch's
 dispatcher-level tracer) on fake tensors, once per batch shape, and replays that joint graph:
 random draws and the KL weight stay live, and the Pyro program is not re-run.

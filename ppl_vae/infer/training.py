@@ -158,8 +158,9 @@ class Trainer:
         loop of steps never waits for the GPU: read it (``.item()``, ``math.isfinite``) when needed.
 
         >>> for epoch in range(trainer.config.epochs):                       # doctest: +SKIP
-        ...     for x in trainer.data.train.split(trainer.batch_size):
-        ...         loss = trainer.train_step(x)
+        ...     order = torch.randperm(len(trainer.data.train), device=trainer.device)
+        ...     for index in order.split(trainer.batch_size):
+        ...         loss = trainer.train_step(trainer.data.batch(index))  # batch() binarises where dynamic
         """
         x = x.to(self.device)
         with corrupted_inputs(self.guide, self.config.input_noise, self.config.noise_level):

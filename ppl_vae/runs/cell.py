@@ -13,25 +13,25 @@ import inspect
 import json
 import pickle
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyro
 import torch
 
 from ppl_vae import tracing
-from ppl_vae.evaluation import collapse
-from ppl_vae.infer import bounds
-from ppl_vae.runs import study
-from ppl_vae.viz import board, plots
-from ppl_vae.runs.experiment_file import SECTIONS, Cell, diagnostics_config, import_plugins, pair_reference
-from ppl_vae.io import load_tensors, write_json, write_text
 from ppl_vae.errors import ConfigError
-from ppl_vae.registry import DATASETS, GUIDES, MODELS
+from ppl_vae.evaluation import collapse
 from ppl_vae.infer.config import TrainConfig
 from ppl_vae.infer.training import Trainer, cpu_threads
+from ppl_vae.io import load_tensors, write_json, write_text
+from ppl_vae.registry import DATASETS, GUIDES, MODELS
+from ppl_vae.runs import study
+from ppl_vae.runs.experiment_file import SECTIONS, Cell, diagnostics_config, import_plugins, pair_reference
+from ppl_vae.viz import board, plots
 
 #: held-out examples and draws per example in a cell's aggregate-posterior figure
 FIGURE_ROWS, FIGURE_SAMPLES = 500, 20

@@ -19,13 +19,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ppl_vae.errors import ConfigError, Fault
+from ppl_vae.infer.training import resolve_device
+from ppl_vae.io import write_json, write_text
 from ppl_vae.runs import study
 from ppl_vae.runs.cell import CellTask, RunFolderError, check_resumable, preflight, read
 from ppl_vae.runs.experiment_file import Cell, apply_overrides, bundled, cells, load, quick, validate
-from ppl_vae.io import write_json, write_text
-from ppl_vae.errors import ConfigError, Fault
 from ppl_vae.runs.runner import CellFailure, GridRunner, LocalProcesses, Sequential
-from ppl_vae.infer.training import resolve_device
 
 __all__ = ["run", "report", "write_results", "bundled", "load", "RunFolderError", "CellsFailed"]
 
@@ -80,7 +80,8 @@ def report(out: str | Path) -> str:
     try:
         config = read(out / "experiment.json", lambda p: json.loads(p.read_text()), "")["config"]
     except FileNotFoundError as error:
-        raise ConfigError(f"{out} is not a run folder (no experiment.json): give the --out of a finished run") from error
+        raise ConfigError(f"{out} is not a run folder (no experiment.json): give the --out of a finished "
+                          "run") from error
     if "report" not in config:
         raise ConfigError(f"the experiment of {out} has no report; bundled reports: {', '.join(study.bundled())}")
     grid = cells(config)

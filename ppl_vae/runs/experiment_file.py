@@ -23,19 +23,19 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.resources
 import itertools
 import os
 import sys
 import tomllib
-import importlib.resources
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from ppl_vae.runs import study
-from ppl_vae.infer.config import DiagnosticsConfig, TrainConfig
 from ppl_vae.errors import ConfigError
+from ppl_vae.infer.config import DiagnosticsConfig, TrainConfig
 from ppl_vae.registry import DATASETS, GUIDES, MODELS, check_kwargs
+from ppl_vae.runs import study
 
 SECTIONS = ("data", "model", "guide", "train", "diagnostics")
 TOP_LEVEL = {"description", "imports", "grid", "report", *SECTIONS}
@@ -113,7 +113,8 @@ def parse_value(text: str) -> Any:
 def set_key(config: dict, dotted: str, value: Any) -> None:
     section, _, key = dotted.partition(".")
     if section not in SECTIONS or not key:
-        raise ConfigError(f"cannot set {dotted!r}: keys look like SECTION.KEY with SECTION one of {', '.join(SECTIONS)}")
+        raise ConfigError(f"cannot set {dotted!r}: keys look like SECTION.KEY with SECTION one of "
+                          f"{', '.join(SECTIONS)}")
     config.setdefault(section, {})[key] = value
 
 
@@ -260,7 +261,8 @@ def import_plugins(cell: dict) -> None:
         try:
             importlib.import_module(module)
         except ImportError as error:
-            raise ConfigError(f"imports: cannot import {module!r} ({error}); run from the folder that holds it") from error
+            raise ConfigError(f"imports: cannot import {module!r} ({error}); run from the folder that "
+                              "holds it") from error
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from ppl_vae.viz import plots
-from ppl_vae.runs.cell import read, restore
-from ppl_vae.evaluation.collapse import latent_traversal
-from ppl_vae.runs.experiment_file import cells
-from ppl_vae.evaluation.latent_space import interpolation
 from ppl_vae.errors import ConfigError
+from ppl_vae.evaluation.collapse import latent_traversal
+from ppl_vae.evaluation.latent_space import interpolation
+from ppl_vae.runs.cell import read, restore
+from ppl_vae.runs.experiment_file import cells
+from ppl_vae.viz import plots
 
 
 def cell_folders(folder: str | Path, name: str | None = None) -> list[Path]:

@@ -19,9 +19,9 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from ppl_vae.runs.cell import CellTask
-from ppl_vae.io import atomic_write
 from ppl_vae.errors import ConfigError
+from ppl_vae.io import atomic_write
+from ppl_vae.runs.cell import CellTask
 from ppl_vae.runs.runner import CellFailure, Progress, attempt
 
 #: what to tell a user whose Python lacks Ray
@@ -130,9 +130,10 @@ class RayCells:
 
     def run(self, tasks: list[CellTask], progress: bool = True) -> list[dict | CellFailure]:
         ray = self.ray
+        refused = (ConnectionError, ray.exceptions.AuthenticationError)  # a cluster that is down, or not our token
         try:
             ray.init(address=self.address or "local", log_to_driver=False, configure_logging=False)
-        except ConnectionError as error:  # Ray's own names neither the token nor the fix
+        except refused as error:  # Ray's own errors name neither the token nor the fix
             raise connection_error(self.address or "local", error) from error
         try:
             mailbox = ray.remote(num_cpus=0)(Mailbox).remote()

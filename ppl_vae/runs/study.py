@@ -13,9 +13,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ppl_vae.errors import ConfigError
 
@@ -119,7 +120,7 @@ class Margin:
     spread: float
 
     @classmethod
-    def of(cls, below: list[float], above: list[float], noise: float = 0.0) -> "Margin":
+    def of(cls, below: list[float], above: list[float], noise: float = 0.0) -> Margin:
         spreads = [statistics.stdev(side) for side in (below, above) if len(side) > 1]
         return cls(min(above) - max(below), max([*spreads, noise, 0.0]))
 

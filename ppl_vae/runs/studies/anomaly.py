@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ppl_vae.runs import cell
-from ppl_vae.viz import plots
 from ppl_vae.evaluation.anomaly import SCORES, roc_auc, scores
-from ppl_vae.runs.experiment_file import diagnostics_config
 from ppl_vae.io import write_text
+from ppl_vae.runs import cell
+from ppl_vae.runs.experiment_file import diagnostics_config
 from ppl_vae.runs.study import Study, check_line
+from ppl_vae.viz import plots
 
 #: a score "works" for a left-out digit above this ROC-AUC, and "fails" below FAILS
 WORKS, FAILS = 0.9, 0.7
@@ -71,7 +71,8 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
     for r in rows:
         best = max(r[f"auc_{n}"] for n in names)
         aucs = [f"**{r[f'auc_{n}']:.3f}**" if r[f"auc_{n}"] == best else f"{r[f'auc_{n}']:.3f}" for n in names]
-        lines.append(f"| {r['exclude_labels']} | {sum(r['anomalous'])} / {len(r['anomalous'])} | " + " | ".join(aucs) + " |")
+        lines.append(f"| {r['exclude_labels']} | {sum(r['anomalous'])} / {len(r['anomalous'])} | "
+                     + " | ".join(aucs) + " |")
     means = {n: statistics.fmean(r[f"auc_{n}"] for r in rows) for n in names}
     lines.append("| mean | | " + " | ".join(f"{means[n]:.3f}" for n in names) + " |")
     winner = max(means, key=means.get)
@@ -82,7 +83,7 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
     likelihood, corrected = means["neg_log_px"], means["complexity_corrected"]
     simple = [r for r in rows if r["auc_neg_log_px"] < 0.5]
     if simple:
-        lines.append(f"- the likelihood ranks the left-out digit as *more* normal than the trained ones for "
+        lines.append("- the likelihood ranks the left-out digit as *more* normal than the trained ones for "
                      + ", ".join(f"digit {r['exclude_labels']} (ROC-AUC {r['auc_neg_log_px']:.2f})" for r in simple)
                      + ": Nalisnick et al.'s (2019) effect, a simple image is likely under any model")
     lines.append(f"- the corrections move the mean ROC-AUC of -log p(x) from {likelihood:.3f} to {corrected:.3f} "

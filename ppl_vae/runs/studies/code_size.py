@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ppl_vae.viz import plots
 from ppl_vae.evaluation.latent_space import reconstruction_error
 from ppl_vae.runs.study import Study, check_line
+from ppl_vae.viz import plots
 
 
 def measure(model, guide, data, config: dict) -> dict:
@@ -29,7 +29,8 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
              "Held-out digits, nats per image unless marked. recon = -E_q log p(x | z) (the autoencoder's whole "
              "loss); MSE = mean squared pixel error of the reconstruction against the clean grey digit; the VAE's "
              "-ELBO = recon + KL; active units: Cov_x E_q[z_d | x] > 0.01 (Burda et al. 2016).", "",
-             "| code size | AE recon | AE MSE | VAE recon | VAE MSE | VAE KL | VAE -ELBO | VAE log p(x) IW | VAE active units |",
+             "| code size | AE recon | AE MSE | VAE recon | VAE MSE | VAE KL | VAE -ELBO | VAE log p(x) IW "
+             "| VAE active units |",
              "|" + "---|" * 9]
     for size in sizes:
         ae, vae = by.get(("ae", size)), by.get(("vae", size))
@@ -49,11 +50,11 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
     for method in ("ae", "vae"):
         if (method, small) in by and (method, large) in by and small < large:
             a, b = by[(method, small)]["recon"], by[(method, large)]["recon"]
-            lines.append(check_line(a > b, f"{method.upper()}: a {small}-D code reconstructs worse than a {large}-D one "
-                                           f"({a:.2f} against {b:.2f} nats, {a - b:.2f} nats the price)"))
+            lines.append(check_line(a > b, f"{method.upper()}: a {small}-D code reconstructs worse than a "
+                                           f"{large}-D one ({a:.2f} against {b:.2f} nats, {a - b:.2f} nats the price)"))
     if all(("vae", s) in by for s in sizes):
         used = [by[("vae", s)]["active_units"] for s in sizes]
-        lines.append(f"- observed: the VAE's active units per code size: "
+        lines.append("- observed: the VAE's active units per code size: "
                      + ", ".join(f"{u} of {s}" for u, s in zip(used, sizes)))
     return "\n".join(lines) + "\n"
 

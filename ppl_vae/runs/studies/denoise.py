@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from ppl_vae.runs import cell
-from ppl_vae.viz import plots
 from ppl_vae.data.corruption import corrupt
-from ppl_vae.tracing import reconstruct
 from ppl_vae.evaluation.latent_space import reconstruction_error
+from ppl_vae.runs import cell
 from ppl_vae.runs.study import Study, check_line
+from ppl_vae.tracing import reconstruct
+from ppl_vae.viz import plots
 
 #: the corruptions every model is scored on: Gaussian noise's standard deviation, masking's fraction
 LEVELS = {"gaussian": (0.25, 0.5, 0.75), "masking": (0.25, 0.5, 0.75)}
@@ -39,7 +39,8 @@ def measure(model, guide, data, config: dict) -> dict:
     found = {"mse_clean": reconstruction_error(model, guide, x, clean).mean().item()}
     for kind, levels in LEVELS.items():
         for level in levels:
-            found[f"mse_{kind}_{level}"] = reconstruction_error(model, guide, corrupted(x, kind, level), clean).mean().item()
+            error = reconstruction_error(model, guide, corrupted(x, kind, level), clean)
+            found[f"mse_{kind}_{level}"] = error.mean().item()
     return found
 
 
@@ -65,7 +66,8 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
              "\"input\" is the corrupted digit's own error. Trained on: "
              + "; ".join(f"{m}: {_trained_on(by[m], configs)}" for m in methods) + ".", "",
              "| noise | level | input | " + " | ".join(methods) + " |", "|" + "---|" * (3 + len(methods))]
-    settings = [("clean", 0.0, "mse_clean"), *((k, lv, f"mse_{k}_{lv}") for k, levels in LEVELS.items() for lv in levels)]
+    settings = [("clean", 0.0, "mse_clean"),
+                *((k, lv, f"mse_{k}_{lv}") for k, levels in LEVELS.items() for lv in levels)]
     for kind, level, key in settings:
         noisy = x if kind == "clean" else corrupted(x, kind, level)
         best = min(by[m][key] for m in methods)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ppl_vae.viz import plots
 from ppl_vae.runs.study import Study, check_line
+from ppl_vae.viz import plots
 
 #: without a remedy the latent has "collapsed" when no unit is active and its KL is below this
 #: (nats per image; a used 32-D code carries tens of nats)

@@ -18,13 +18,21 @@ from pathlib import Path
 from sklearn.exceptions import ConvergenceWarning
 
 from ppl_vae.evaluation import collapse
-from ppl_vae.runs import cell
-from ppl_vae.viz import plots
-from ppl_vae.evaluation.disentanglement import (NUM_FIT, beta_vae_score, encoder_means, factor_vae_score, ica_representation, mig,
-                                     pca_representation, raw_pixels)
-from ppl_vae.runs.experiment_file import diagnostics_config
+from ppl_vae.evaluation.disentanglement import (
+    NUM_FIT,
+    beta_vae_score,
+    encoder_means,
+    factor_vae_score,
+    ica_representation,
+    mig,
+    pca_representation,
+    raw_pixels,
+)
 from ppl_vae.io import write_json, write_text
+from ppl_vae.runs import cell
+from ppl_vae.runs.experiment_file import diagnostics_config
 from ppl_vae.runs.study import Margin, Study, margin_line, mean_sd
+from ppl_vae.viz import plots
 
 #: Higgins et al. (2017), the dSprites table: their disentanglement metric, % accuracy (mean +- sd)
 PAPER = {"beta-VAE": (99.23, 0.1), "VAE": (61.58, 0.5), "PCA": (84.9, 0.4), "ICA": (42.03, 10.6),
@@ -114,8 +122,8 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
                      f"{mean_sd([r['recon'] for r in group])} | {mean_sd([r['kl'] for r in group])} |")
     for name, scores in base.items():
         note = "" if scores.get("converged", True) else " (FastICA stopped before its tolerance)"
-        lines.append(f"| {name}{note} | | 1 | {scores['beta_vae_score'] * 100:.1f} | {PAPER[name][0]} +- {PAPER[name][1]} | "
-                     f"{scores['factor_vae_score'] * 100:.1f} | {scores['mig']:.3f} | | | | |")
+        lines.append(f"| {name}{note} | | 1 | {scores['beta_vae_score'] * 100:.1f} | {PAPER[name][0]} +- "
+                     f"{PAPER[name][1]} | {scores['factor_vae_score'] * 100:.1f} | {scores['mig']:.3f} | | | | |")
 
     train = cells[0]["train"]
     steps = train.get("epochs", 20) * -(-data.get("train_size", 20_000) // train.get("batch_size", 128))
@@ -161,7 +169,8 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
         if not Margin.of(values(low, "beta_vae_score"), values(high, "beta_vae_score"), score_noise).holds:
             lines.append(f"- at about {steps:,} steps a model the beta-VAE score does not separate beta = {high} from "
                          f"beta = {low}; none of the CPU-sized configurations in the README's Disentanglement section "
-                         "did. The paper's budget (about 300,000 steps at 64 x 64) is the dsprites-beta-gpu experiment.")
+                         "did. The paper's budget (about 300,000 steps at 64 x 64) is the dsprites-beta-gpu "
+                         "experiment.")
 
     figures = out / "figures"
     kl = {}

@@ -13,12 +13,20 @@ from pathlib import Path
 
 import torch
 
+from ppl_vae.evaluation.latent_space import (
+    cluster_scores,
+    codes,
+    gaussian_draws,
+    in_between_distance,
+    interpolation,
+    nearest_distance,
+    plane,
+    reconstruction_error,
+)
 from ppl_vae.runs import cell
-from ppl_vae.viz import plots
-from ppl_vae.tracing import decode, prior_draws
-from ppl_vae.evaluation.latent_space import (cluster_scores, codes, gaussian_draws, in_between_distance, interpolation,
-                                  nearest_distance, plane, reconstruction_error)
 from ppl_vae.runs.study import Study, check_line, mean_sd
+from ppl_vae.tracing import decode, prior_draws
+from ppl_vae.viz import plots
 
 #: pairs of held-out digits of different classes whose in-between codes are decoded, and points per line
 PAIRS, STEPS = 200, 5
@@ -132,7 +140,8 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
     for size in sizes:
         found = [f"in-between distance {mean(size, 'vae', 'inner_distance'):.3f} (VAE) against "
                  f"{mean(size, 'ae', 'inner_distance'):.3f} (AE)",
-                 f"sampled {mean(size, 'vae', 'sample_distance'):.3f} against {mean(size, 'ae', 'sample_distance'):.3f}",
+                 f"sampled {mean(size, 'vae', 'sample_distance'):.3f} against "
+                 f"{mean(size, 'ae', 'sample_distance'):.3f}",
                  f"k-means ARI {mean(size, 'vae', 'ari'):.3f} against {mean(size, 'ae', 'ari'):.3f}",
                  f"NMI {mean(size, 'vae', 'nmi'):.3f} against {mean(size, 'ae', 'nmi'):.3f}"]
         if groups[(size, "ae")][0]["plane_share"] is not None:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from torch import nn
 
-from ppl_vae.viz import plots
 from ppl_vae.networks import ACTIVATIONS
 from ppl_vae.runs.study import Study, check_line
+from ppl_vae.viz import plots
 
 #: Burda et al. (2016), Table 1, MNIST: test NLL in nats by (stochastic layers, objective, k); the
 #: only entries this report prints

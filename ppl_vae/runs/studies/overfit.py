@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 from ppl_vae.runs import cell
-from ppl_vae.viz import plots
 from ppl_vae.runs.study import Study, check_line
+from ppl_vae.viz import plots
 
 
 def _history(out: Path, row: dict) -> list[dict]:
@@ -56,8 +56,8 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
         row = next(r for r in rows if r["method"] == "ae" and str(r["train_size"]) == smallest)
         last = _history(out, row)[-1]
         lines.append(check_line(last["train_recon"] < 0.5 * last["test_recon"],
-                                f"the AE on {smallest} digits memorises: train reconstruction {last['train_recon']:.2f} "
-                                f"nats, under half its held-out {last['test_recon']:.2f}"))
+                                f"the AE on {smallest} digits memorises: train reconstruction "
+                                f"{last['train_recon']:.2f} nats, under half its held-out {last['test_recon']:.2f}"))
         lines.append(check_line(vae < ae, f"on {smallest} digits the VAE's gap is smaller than the AE's "
                                           f"({vae:.2f} against {ae:.2f} nats)"))
     for method in ("ae", "vae"):

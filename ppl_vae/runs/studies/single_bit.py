@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ppl_vae.evaluation import collapse
 from ppl_vae.runs import cell
-from ppl_vae.viz import plots
 from ppl_vae.runs.study import Study, best_per_cell, check_line
+from ppl_vae.viz import plots
 
 LN2 = math.log(2)
 #: what the post reports for one bit (n = 1): the VAE ignores z
@@ -68,7 +68,8 @@ def checks(best: dict[tuple, dict], restarts: dict[tuple, list[float]]) -> list[
     above = [n for n in ns if n >= 5]
     if above:
         ok = all(r["kl"] > USES_Z and r["loss"] < n * LN2 for (n, _), r in best.items() if n >= 5)
-        lines.append(check_line(ok, f"n in {above}: every family uses z (KL > {USES_Z}) and beats the no-latent n ln 2"))
+        lines.append(check_line(ok, f"n in {above}: every family uses z (KL > {USES_Z}) and beats the no-latent "
+                                    "n ln 2"))
     n = ns[-1]
     if (n, "gaussian") in best and (n, "dlgm") in best and n >= 100:
         gain = (best[n, "gaussian"]["loss"] - LN2) - (best[n, "dlgm"]["loss"] - LN2)
