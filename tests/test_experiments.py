@@ -4,6 +4,7 @@ quick setting; bad files fail before any work and write nothing; run folders are
 import csv
 import json
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -57,6 +58,9 @@ def test_bundled_experiment_runs_quick(name, tmp_path, fake_mnist):
     summaries = run(name, out, overrides, quick_run=True, progress=False)
     assert len(results(out)) == len(summaries) >= 1
     assert (out / "report.md").is_file() == ("report" in load(name)[1])  # a study's table, even at smoke size
+    # a report shows its own figures: Markdown images linked relative to it, each file there
+    linked = re.findall(r"!\[[^\]]+\]\(([^)]+)\)", (out / "report.md").read_text()) if "report" in load(name)[1] else []
+    assert all((out / link).is_file() for link in linked) and (linked or "report" not in load(name)[1])
     for s in summaries:
         assert s["epochs"] == 2
         # a pair with global latents has no per-datapoint importance-weighted log p(x) (NaN by design)
@@ -81,7 +85,7 @@ def test_bundled_experiment_runs_quick(name, tmp_path, fake_mnist):
         table, columns, figures = STUDY_OUTPUT[name]
         assert table in (out / "report.md").read_text() and "## Checks" in (out / "report.md").read_text()
         assert set(columns) <= set(results(out)[0])
-        assert all((out / "figures" / f).is_file() for f in figures)
+        assert {f"figures/{f}" for f in figures} <= set(linked)
     if name == "anomaly":  # the ROC-AUC table in long form: a row per left-out digit and score
         lines = (out / "roc_auc.csv").read_text().splitlines()
         assert lines[0] == "held_out_digit,score,roc_auc" and len(lines) == 1 + 2 * 5

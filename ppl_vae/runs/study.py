@@ -101,6 +101,12 @@ def mean_sd(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{mean:.{digits}f}" + (f" +- {statistics.stdev(values) * scale:.{digits}f}" if len(values) > 1 else "")
 
 
+def figure(out: Path, path: Path, caption: str) -> str:
+    """The figure ``path`` (written inside the run folder ``out``) as Markdown the report shows: the
+    image, linked relative to ``report.md`` so any Markdown viewer draws it, over its caption."""
+    return f"![{caption}]({path.relative_to(out).as_posix()})\n\n*{caption}*"
+
+
 def check_line(ok: bool, text: str) -> str:
     """A claim as a Markdown checklist line: ``- [x] PASS: ...`` or ``- [ ] FAIL: ...``."""
     return f"- [{'x' if ok else ' '}] {'PASS' if ok else 'FAIL'}: {text}"

@@ -18,7 +18,7 @@ from ppl_vae.evaluation.anomaly import SCORES, roc_auc, scores
 from ppl_vae.io import write_text
 from ppl_vae.runs import cell
 from ppl_vae.runs.experiment_file import diagnostics_config
-from ppl_vae.runs.study import Study, check_line
+from ppl_vae.runs.study import Study, check_line, figure
 from ppl_vae.viz import plots
 
 #: a score "works" for a left-out digit above this ROC-AUC, and "fails" below FAILS
@@ -93,11 +93,12 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
               check_line(sum(a > WORKS for a in best_per_digit) >= len(rows) / 2,
                          f"the best score exceeds ROC-AUC {WORKS} for {sum(a > WORKS for a in best_per_digit)} of "
                          f"{len(rows)} left-out digits (at least half asked for)")]
-    _histograms(rows, out / "figures" / "score_histograms.png")
+    histograms = _histograms(rows, out / "figures" / "score_histograms.png")
     write_text(out / "roc_auc.csv", "held_out_digit,score,roc_auc\n" + "".join(
         f"{r['exclude_labels']},{n},{r[f'auc_{n}']:.4f}\n" for r in rows for n in names))
-    lines += ["", "Figure: `figures/score_histograms.png` (a row per left-out digit, a column per score); "
-              "`roc_auc.csv`: the table as rows of held_out_digit, score, roc_auc."]
+    lines += ["", figure(out, histograms, "Each score's histogram on the held-out digits, the left-out digit's "
+                                          "apart: a row per left-out digit, a column per score"),
+              "", "`roc_auc.csv`: the table as rows of held_out_digit, score, roc_auc."]
     return "\n".join(lines) + "\n"
 
 

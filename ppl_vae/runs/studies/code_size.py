@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ppl_vae.evaluation.latent_space import reconstruction_error
-from ppl_vae.runs.study import Study, check_line
+from ppl_vae.runs.study import Study, check_line, figure
 from ppl_vae.viz import plots
 
 
@@ -43,9 +43,10 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
               if all((m, s) in by for s in sizes)}
     if all(("vae", s) in by for s in sizes):
         series["VAE -ELBO"] = [by[("vae", s)]["loss"] for s in sizes]
-    plots.curves(sizes, series, out / "figures" / "code_size.png", "code size (dimensions)", "nats per held-out image",
-                 logx=True, title="What a smaller code costs")
-    lines += ["", "Figure: `figures/code_size.png`.", "", "## Checks", ""]
+    drawn = plots.curves(sizes, series, out / "figures" / "code_size.png", "code size (dimensions)",
+                         "nats per held-out image", logx=True, title="What a smaller code costs")
+    lines += ["", figure(out, drawn, "Held-out reconstruction (and the VAE's -ELBO) against the code size"), "",
+              "## Checks", ""]
     small, large = sizes[0], sizes[-1]
     for method in ("ae", "vae"):
         if (method, small) in by and (method, large) in by and small < large:

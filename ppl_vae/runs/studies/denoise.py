@@ -16,7 +16,7 @@ import torch
 from ppl_vae.data.corruption import corrupt
 from ppl_vae.evaluation.latent_space import reconstruction_error
 from ppl_vae.runs import cell
-from ppl_vae.runs.study import Study, check_line
+from ppl_vae.runs.study import Study, check_line, figure
 from ppl_vae.tracing import reconstruct
 from ppl_vae.viz import plots
 
@@ -90,10 +90,10 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
         _, model, guide = cell.restore(out / r["cell"], device="cpu")
         for kind, inputs in noisy.items():
             strips[kind].append(reconstruct(model, guide, inputs))
-    shown = [f"`{plots.image_grid(torch.cat(s), figures / f'denoise_{kind}.png', nrow=8).relative_to(out)}`"
-             for kind, s in strips.items()]
-    lines += ["", "Figures: " + ", ".join(shown) + f" (rows: the clean digits, the corrupted input at the middle "
-              f"level, then each method's reconstruction: {', '.join(methods)})."]
+    for kind, strip in strips.items():
+        drawn = plots.image_grid(torch.cat(strip), figures / f"denoise_{kind}.png", nrow=8)
+        lines += ["", figure(out, drawn, f"{kind.capitalize()} noise. Rows: the clean digits, the corrupted input at "
+                                         f"the middle level, then each method's reconstruction: {', '.join(methods)}")]
     return "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ppl_vae.runs.study import Study, check_line
+from ppl_vae.runs.study import Study, check_line, figure
 from ppl_vae.viz import plots
 
 #: without a remedy the latent has "collapsed" when no unit is active and its KL is below this
@@ -35,9 +35,9 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
     per_unit = {name: sorted((kl for dims in row["kl_dims"].values() for kl in dims), reverse=True)
                 for name, row in by_remedy.items()}
     width = max(map(len, per_unit.values()))
-    plots.curves(list(range(1, width + 1)), per_unit, out / "figures" / "kl_per_unit.png",
-                 "latent unit (sorted by its KL)", "KL per unit (nats)", title="Which units carry information")
-    lines += ["", "Figure: `figures/kl_per_unit.png` (each unit's KL, sorted, per remedy).", "", "## Checks", ""]
+    drawn = plots.curves(list(range(1, width + 1)), per_unit, out / "figures" / "kl_per_unit.png",
+                         "latent unit (sorted by its KL)", "KL per unit (nats)", title="Which units carry information")
+    lines += ["", figure(out, drawn, "Each unit's KL, sorted, per remedy"), "", "## Checks", ""]
     if "none" in by_remedy:
         base = by_remedy["none"]
         lines.append(check_line(base["active_units"] == 0 and base["kl"] < COLLAPSED_KL,

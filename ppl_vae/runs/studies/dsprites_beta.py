@@ -31,7 +31,7 @@ from ppl_vae.evaluation.disentanglement import (
 from ppl_vae.io import write_json, write_text
 from ppl_vae.runs import cell
 from ppl_vae.runs.experiment_file import diagnostics_config
-from ppl_vae.runs.study import Margin, Study, margin_line, mean_sd
+from ppl_vae.runs.study import Margin, Study, figure, margin_line, mean_sd
 from ppl_vae.viz import plots
 
 #: Higgins et al. (2017), the dSprites table: their disentanglement metric, % accuracy (mean +- sd)
@@ -181,12 +181,12 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
         data_, model, guide = cell.restore(out / first["cell"], device="cpu")
         order = sorted(range(len(per_dim)), key=lambda d: -per_dim[d])
         images = collapse.latent_traversal(model, guide, data_.test_eval[:1], dims=order)
-        plots.image_grid(images, figures / f"traversal_beta{b}.png", nrow=len(images) // len(order))
-    plots.bars(kl, figures / "kl_per_dim.png", "latent dimension (sorted by its KL)", "KL (nats)",
-               title="KL per dimension, by beta")
-    lines += ["", "Figures: " + ", ".join(f"`figures/traversal_beta{b}.png`" for b in betas) +
-              " (a row per latent dimension, sorted by KL, each moved from -2.5 to 2.5 around one held-out "
-              "image's code), `figures/kl_per_dim.png`."]
+        drawn = plots.image_grid(images, figures / f"traversal_beta{b}.png", nrow=len(images) // len(order))
+        lines += ["", figure(out, drawn, f"beta = {b}, seed {first['seed']}: a row per latent dimension, sorted by "
+                                         "its KL, each moved from -2.5 to 2.5 around one held-out image's code")]
+    drawn = plots.bars(kl, figures / "kl_per_dim.png", "latent dimension (sorted by its KL)", "KL (nats)",
+                       title="KL per dimension, by beta")
+    lines += ["", figure(out, drawn, "KL per latent dimension, sorted, by beta")]
     _write_scores(out, rows, base)
     return "\n".join(lines) + "\n"
 

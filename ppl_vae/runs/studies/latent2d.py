@@ -24,7 +24,7 @@ from ppl_vae.evaluation.latent_space import (
     reconstruction_error,
 )
 from ppl_vae.runs import cell
-from ppl_vae.runs.study import Study, check_line, mean_sd
+from ppl_vae.runs.study import Study, check_line, figure, mean_sd
 from ppl_vae.tracing import decode, prior_draws
 from ppl_vae.viz import plots
 
@@ -82,15 +82,15 @@ def _figures(out: Path, rows: list[dict], configs: dict[str, dict]) -> list[str]
             code = codes(guide, x)
             maps[name] = (code, labels)
             grid = plane(POINTS, code if _is_autoencoder(configs[row["cell"]]) else None)
-            plots.image_grid(decode(model, {"z": grid}), figures / f"plane_{row['method']}.png", nrow=POINTS)
-            written.append(f"`figures/plane_{row['method']}.png`")
+            drawn = plots.image_grid(decode(model, {"z": grid}), figures / f"plane_{row['method']}.png", nrow=POINTS)
+            written.append(figure(out, drawn, f"{name}: the decoded plane of codes"))
         one, seven = (labels == 1).nonzero()[0], (labels == 7).nonzero()[0]
         strips.append(interpolation(model, guide, x[one], x[seven], 10))
     if maps:
-        plots.code_maps(maps, figures / "code_maps.png")
-        written.insert(0, "`figures/code_maps.png`")
-    plots.image_grid(torch.cat(strips), figures / "interpolation_1_to_7.png", nrow=10)
-    return [*written, "`figures/interpolation_1_to_7.png` (a row per cell, in the table's order)"]
+        drawn = plots.code_maps(maps, figures / "code_maps.png")
+        written.insert(0, figure(out, drawn, "The held-out codes of the 2-D cells, by digit"))
+    drawn = plots.image_grid(torch.cat(strips), figures / "interpolation_1_to_7.png", nrow=10)
+    return [*written, figure(out, drawn, "From a 1 to a 7: a row per cell, in the table's order")]
 
 
 def _mean_sd(rows: list[dict], key: str, digits: int = 3) -> str:
@@ -150,7 +150,8 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
         lines.append(f"- observed, {size}-D code: " + "; ".join(found))
     first = [group[0] for group in groups.values()]
     configs = {r["cell"]: c for r, c in zip(rows, cells)}
-    lines += ["", f"Figures (seed {first[0]['seed']}): " + ", ".join(_figures(out, first, configs)) + "."]
+    lines += ["", f"## Figures (seed {first[0]['seed']})"]
+    lines += [line for drawn in _figures(out, first, configs) for line in ("", drawn)]
     return "\n".join(lines) + "\n"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from ppl_vae.networks import ACTIVATIONS
-from ppl_vae.runs.study import Study, check_line
+from ppl_vae.runs.study import Study, check_line, figure
 from ppl_vae.viz import plots
 
 #: Burda et al. (2016), Table 1, MNIST: test NLL in nats by (stochastic layers, objective, k); the
@@ -149,10 +149,11 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
     series = {f"{o} (k = {k})": [mean.get((d, o, k), math.nan) for d in depths] for o, k in objectives}
     references = ({f"paper {o} (k = {k})": [-PAPER_NLL.get((d, o, k), math.nan) for d in depths] for o, k in objectives}
                   if data == PAPER_DATA else None)
-    plots.curves(depths, series, out / "figures" / "log_px.png", "stochastic layers", "held-out log p(x) (nats)",
-                 references=references, title="Held-out log p(x) by depth and objective")
-    lines += ["", "Figure: `figures/log_px.png` (held-out log p(x) by depth, per objective"
-              + (", the paper's Table 1 dashed)." if references else ").")]
+    drawn = plots.curves(depths, series, out / "figures" / "log_px.png", "stochastic layers",
+                         "held-out log p(x) (nats)", references=references,
+                         title="Held-out log p(x) by depth and objective")
+    lines += ["", figure(out, drawn, "Held-out log p(x) by depth, per objective"
+                         + (", the paper's Table 1 dashed" if references else ""))]
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from ppl_vae.runs import cell
-from ppl_vae.runs.study import Study, check_line
+from ppl_vae.runs.study import Study, check_line, figure
 from ppl_vae.viz import plots
 
 
@@ -47,9 +47,9 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
                      f"{last['test_recon']:.2f} | {recon_gap:.2f} | "
                      + (f"{last['train_loss']:.2f} | {last['test_loss']:.2f} | {elbo_gap:.2f} |" if vae else "| | |"))
         curves[f"{r['method'].upper()}, {r['train_size']}"] = _history(out, r)
-    _curves(curves, out / "figures" / "train_vs_held_out.png")
-    lines += ["", "Figure: `figures/train_vs_held_out.png` (train dashed, held-out solid; the AE's reconstruction, "
-              "the VAE's -ELBO, against the share of the run).", "", "## Checks", ""]
+    drawn = _curves(curves, out / "figures" / "train_vs_held_out.png")
+    lines += ["", figure(out, drawn, "Train (dashed) and held-out (solid): the AE's reconstruction, the VAE's -ELBO, "
+                                     "against the share of the run"), "", "## Checks", ""]
     smallest = str(rows[0]["train_size"])
     if ("ae", smallest) in gaps and ("vae", smallest) in gaps:
         ae, vae = gaps[("ae", smallest)], gaps[("vae", smallest)]

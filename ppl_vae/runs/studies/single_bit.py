@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ppl_vae.evaluation import collapse
 from ppl_vae.runs import cell
-from ppl_vae.runs.study import Study, best_per_cell, check_line
+from ppl_vae.runs.study import Study, best_per_cell, check_line, figure
 from ppl_vae.viz import plots
 
 LN2 = math.log(2)
@@ -150,14 +150,15 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
     lines += ["", "## Claims of the post, and this study's bars", ""] + checks(best, restarts)
     figures = out / "figures"
     series = lambda key: {f: [best[n, f][key] for n in ns] for f in families}  # noqa: E731
-    plots.curves(ns, series("recon_per_dim"), figures / "recon_per_dim.png", "n (bits per row)",
+    recon = plots.curves(ns, series("recon_per_dim"), figures / "recon_per_dim.png", "n (bits per row)",
                  "reconstruction per dimension (nats)", {"no latent: ln 2": [LN2] * len(ns),
                                                          "true density, all in z: ln 2 / n": [LN2 / n for n in ns]},
                  logx=True, logy=True, title="Reconstruction cost per dimension")
-    plots.curves(ns, series("loss"), figures / "loss.png", "n (bits per row)", "-ELBO (nats per row)",
-                 {"true entropy ln 2": [LN2] * len(ns)}, logx=True, title="Loss against n (best seed per cell)")
-    lines += ["", f"Figures: `figures/recon_per_dim.png`, `figures/loss.png`, "
-                  f"`figures/aggregate_posterior_n{ns[-1]}.png`."]
+    loss = plots.curves(ns, series("loss"), figures / "loss.png", "n (bits per row)", "-ELBO (nats per row)",
+                        {"true entropy ln 2": [LN2] * len(ns)}, logx=True, title="Loss against n (best seed per cell)")
+    lines += ["", "## Figures", "",
+              figure(out, recon, "Reconstruction cost per dimension against n, best seed per cell"), "",
+              figure(out, loss, "-ELBO against n, best seed per cell; the true entropy ln 2 dashed")]
     panels = []
     for row in (best[ns[-1], f] for f in families):  # q(z) of each family's top latent (z, or the DLGM's z2)
         data, model, guide = cell.restore(out / row["cell"], device="cpu")
@@ -165,7 +166,9 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
         panels += collapse.aggregate_posterior_panels(
             model, guide, data, samples=FIGURE_SAMPLES, sites=[top],
             title=f"{row['family']}, n = {row['n']}: q({{site}}) vs p({{site}})")
-    plots.aggregate_posterior(panels, figures / f"aggregate_posterior_n{ns[-1]}.png")
+    drawn = plots.aggregate_posterior(panels, figures / f"aggregate_posterior_n{ns[-1]}.png")
+    lines += ["", figure(out, drawn, f"n = {ns[-1]}: each family's aggregate posterior q(z) of its top latent against "
+                                     "the prior p(z)")]
     return "\n".join(lines) + "\n"
 
 
