@@ -5,7 +5,7 @@ samples its latents inside ``pyro.plate("data", len(x))`` and observes ``x``
 at the site ``"x"``; ``latent_dims`` maps latent site names, in model order,
 to their sizes; ``data_shape`` is the shape of one example.
 
-Models and guides are plain ``torch.nn.Module``s: a ``PyroModule`` issues a Pyro ``param``
+Models and guides are plain ``torch.nn.Module`` instances: a ``PyroModule`` issues a Pyro ``param``
 statement for every parameter each time it is touched, which costs more per step than the
 rest of Pyro's machinery (``benchmarks/bench.py``). Subclass ``PyroModule`` where you need
 ``PyroParam`` or ``PyroSample``; the toolkit accepts either.

@@ -211,7 +211,7 @@ def beta_vae_score(represent: Representation, world: World, seed: int = 0, *, ba
                    num_train: int = NUM_TRAIN, num_eval: int = NUM_EVAL, max_iter: int = CLASSIFIER_MAX_ITER,
                    chunk_size: int = CHUNK_SIZE, representation: str = DEFAULT_REPRESENTATION) -> dict:
     """The beta-VAE disentanglement score: the held-out accuracy of a linear classifier that predicts
-    which factor k was shared by ``batch_size`` (L) pairs of observations from z_diff = mean_l |z1_l - z2_l|.
+    which factor k was shared by ``batch_size`` (L) pairs of observations from z_diff = mean_l ``|z1_l - z2_l|``.
 
     k is uniform over the factors that vary; each pair shares the value of factor k (drawn anew per
     pair) and has its other factors independent. The classifier is disentanglement_lib's: scikit-learn's

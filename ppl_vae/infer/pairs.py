@@ -1,5 +1,5 @@
-"""Any model/guide pair that ``pyro.infer.SVI`` runs: functions, bound methods, ``nn.Module``s,
-``PyroModule``s and autoguides, with their parameters found the way Pyro finds them.
+"""Any model/guide pair that ``pyro.infer.SVI`` runs: functions, bound methods, ``nn.Module`` instances,
+``PyroModule`` instances and autoguides, with their parameters found the way Pyro finds them.
 
 Pyro keeps what ``pyro.param`` and ``pyro.module`` register in one global param store, by name,
 so two pairs that both call ``pyro.module("decoder", ...)`` would share a decoder. Here each pair
@@ -12,7 +12,7 @@ pair's parameters and nothing else. Pyro's global store, and its settings, are l
 batches of ``x`` (as SVI's first step runs them), which creates every parameter and shows the
 sites: the observed one, the per-datapoint latents (inside the plate whose size is the batch's)
 and the global latents (outside it: Bayesian weights, say). A pair that already keeps the
-toolkit's contract (``nn.Module``s with ``data_shape`` and ``latent_dims``, observing ``"x"``,
+toolkit's contract (``nn.Module`` instances with ``data_shape`` and ``latent_dims``, observing ``"x"``,
 no param-store parameters and no global latents: every bundled pair) is returned as it is.
 """
 
@@ -55,7 +55,7 @@ def describe(fn: Callable) -> str:
 
 
 def owners(fn: Callable) -> list[nn.Module]:
-    """The ``nn.Module``s a callable runs: itself, the module a method is bound to, and the modules
+    """The ``nn.Module`` instances a callable runs: itself, the module a method is bound to, and the modules
     a function refers to by a global name or a closure (as ``pyro.module("decoder", decoder)`` does)."""
     if isinstance(fn, nn.Module):
         return [fn]
@@ -207,7 +207,7 @@ def native(model, guide, sites: Sites) -> bool:
 
 def as_pair(model: Callable, guide: Callable, x: torch.Tensor) -> tuple[nn.Module, nn.Module]:
     """``model`` and ``guide`` as the toolkit trains and diagnoses them, their parameters created by
-    one run on rows of ``x``: a native pair as it is, any other as two ``Program``s sharing one
+    one run on rows of ``x``: a native pair as it is, any other as two ``Program`` objects sharing one
     ``PairParams`` (the model's holds it). Raises ``IncompatiblePairError`` for a pair that is not
     callable, observes nothing, leaves a latent unguided, or has no parameter to train."""
     names = (describe(model) if callable(model) else repr(model), describe(guide) if callable(guide) else repr(guide))

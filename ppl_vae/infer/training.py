@@ -27,13 +27,13 @@ from ppl_vae.infer.bounds import evaluate
 from ppl_vae.infer.capture import TrainingLoss
 from ppl_vae.infer.config import TrainConfig
 from ppl_vae.infer.handlers import FreeBitsRelease, KLSchedule
-from ppl_vae.infer.nonfinite import EpochSnapshot, NonFiniteLossError, step_error, unexplained_error
+from ppl_vae.infer.nonfinite import EpochSnapshot, step_error, unexplained_error
 from ppl_vae.infer.pairs import Program, as_pair
 from ppl_vae.infer.random_state import preserved_rng, rng_state, set_rng_state
 from ppl_vae.io import load_tensors, save_tensors
 from ppl_vae.registry import ESTIMATORS
 
-__all__ = ["Trainer", "TrainConfig", "NonFiniteLossError", "adam", "cpu_threads", "resolve_device"]
+__all__ = ["Trainer", "adam", "cpu_threads", "resolve_device"]
 
 #: train-set examples scored per epoch (a fixed subset keeps large sets cheap)
 TRAIN_EVAL_SIZE = 10_000
