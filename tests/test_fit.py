@@ -81,7 +81,7 @@ def test_a_trainer_without_a_device_trains_on_cuda_where_torch_sees_it(tiny_pair
 
 
 def test_an_epoch_of_train_steps_is_the_trainers_epoch(tiny_pair, tiny_data):
-    """The README's loop: one ``train_step`` per shuffled batch from the same random state gives the
+    """The loop of docs/getting-started.md: one ``train_step`` per shuffled batch from the same random state gives the
     parameters ``train_epoch`` gives, exactly; each step returns the batch's objective on the device."""
     data = tiny_data(n=64)
     model, guide = tiny_pair("vae", "gaussian")

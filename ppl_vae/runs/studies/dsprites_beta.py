@@ -168,7 +168,7 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
                             values(low, "mig"), values(high, "mig"), digits=3)]
         if not Margin.of(values(low, "beta_vae_score"), values(high, "beta_vae_score"), score_noise).holds:
             lines.append(f"- at about {steps:,} steps a model the beta-VAE score does not separate beta = {high} from "
-                         f"beta = {low}; none of the CPU-sized configurations in the README's Disentanglement section "
+                         f"beta = {low}; none of the CPU-sized configurations on the docs' dsprites-beta page "
                          "did. The paper's budget (about 300,000 steps at 64 x 64) is the dsprites-beta-gpu "
                          "experiment.")
 
