@@ -1,0 +1,78 @@
+"""Regenerate the figures the study pages show: run each bundled study at the size its page states
+into a scratch folder and copy the figures its ``report.md`` embeds into ``docs/studies/figures/NAME/``,
+with ``figures.md`` (those images and captions, and the command that made them) that the page includes.
+
+    .venv/bin/python docs/figures.py [STUDY ...] [--jobs 2]
+
+The committed PNGs are this script's output, never placed by hand. ``SIZES`` gives, per study, the
+overrides of the run the page shows, and says why where it is smaller than the study's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ppl_vae
+
+DOCS = Path(__file__).resolve().parent
+FIGURES = DOCS / "studies" / "figures"
+
+#: study -> (experiment file, overrides, what the page says of the size)
+SIZES = {
+    "single-bit": ("single-bit", ["grid.data.n=[5]", "grid.train.seed=[0,1]"],
+                   "n = 5, seeds 0 and 1, its three families (the full grid, 120 cells, takes hours on 2 cores)"),
+    "digits-collapse": ("digits-collapse", [], "the full study"),
+    "dsprites-beta": ("dsprites-beta", [], "the CPU study (seeds 0 and 1)"),
+    "latent2d": ("latent2d", [], "the full study"),
+    "code-size": ("code-size", [], "the full study"),
+    "denoise": ("denoise", [], "the full study"),
+    "anomaly": ("anomaly", [], "the full study"),
+    "overfit": ("overfit", [], "the full study"),
+}
+IMAGE = re.compile(r"!\[([^\]]+)\]\(([^)]+)\)\n\n\*[^*]+\*")
+
+
+def regenerate(study: str, jobs: int) -> Path:
+    """Run ``study`` at its page's size and write its figures and ``figures.md``; the folder."""
+    experiment, overrides, size = SIZES[study]
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / study
+        start = time.time()
+        ppl_vae.run(experiment, out, overrides, device="cpu", jobs=jobs, progress=False)
+        minutes = (time.time() - start) / 60
+        report = (out / "report.md").read_text()
+        target = FIGURES / study
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        shown = []
+        for match in IMAGE.finditer(report):
+            caption, link = match.groups()
+            shutil.copy2(out / link, target / Path(link).name)
+            shown += [f"![{caption}](figures/{study}/{Path(link).name})", "", f"*{caption}*", ""]
+    command = " ".join(["ppl-vae run", experiment, *(f"--set '{o}'" for o in overrides), f"--jobs {jobs}"])
+    (target / "figures.md").write_text("\n".join([
+        f"Drawn by `docs/figures.py` from {size}: `{command}` ({minutes:.0f} min on this 2-core CPU).", "",
+        *shown]).rstrip() + "\n")
+    return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("studies", nargs="*", default=list(SIZES), help="studies to redraw (default: all)")
+    parser.add_argument("--jobs", type=int, default=2, help="cells at a time (default: 2)")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.studies) - set(SIZES))
+    if unknown:
+        parser.error(f"no figures for {', '.join(unknown)}; studies: {', '.join(SIZES)}")
+    for study in args.studies:
+        print(f"{study}: {regenerate(study, args.jobs)}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
