@@ -235,7 +235,7 @@ class HandWrittenDLGM(nn.Module):
 
 def single_bit_cell(n: int = 5) -> dict:
     """The bundled ``single-bit`` study's 2-layer DLGM cell at ``n`` bits, as a cell config."""
-    from ppl_vae.runs import experiment_file
+    from ppl_vae.lab import experiment_file
 
     _, config = experiment_file.load("single-bit")
     return next(c.config for c in experiment_file.cells(config)
@@ -247,7 +247,7 @@ def bench_single_bit(n: int, rounds: int, device: torch.device, steps: int = 50,
     """Full-batch training steps per second of the single-bit study's 2-layer cell: the toolkit
     (captured; and compiled) against the same model written by hand (eager; and compiled).
     The plain ELBO on both sides (the cell's free bits off), ``steps`` steps per round."""
-    from ppl_vae.runs.cell import build
+    from ppl_vae.lab.cell import build
 
     config = single_bit_cell(n)
     config["train"] = {**config["train"], "free_bits_sites": {}, "free_bits_release": 0.0, "compile": False}
@@ -368,8 +368,8 @@ def sync_free_epochs(device: torch.device, log=print) -> list[dict]:
     """One epoch of ``digits-vae`` (captured; and compiled) and of the single-bit 2-layer cell at
     n = 1000 under ``torch.cuda.set_sync_debug_mode("error")``, after a first epoch that captures:
     whether any step read back to the host (CUDA only)."""
-    from ppl_vae.runs import experiment_file
-    from ppl_vae.runs.cell import build
+    from ppl_vae.lab import experiment_file
+    from ppl_vae.lab.cell import build
 
     results = []
     _, digits = experiment_file.load("digits-vae")
@@ -400,7 +400,7 @@ def bench_sweep(experiment: str, jobs: int, device: torch.device, log=print) -> 
     compiling and diagnostics included."""
     import tempfile
 
-    from ppl_vae.runs.experiment import run as run_experiment
+    from ppl_vae.lab.experiment import run as run_experiment
 
     with tempfile.TemporaryDirectory() as scratch:
         start = time.perf_counter()

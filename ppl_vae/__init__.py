@@ -3,7 +3,7 @@
 ``fit`` trains any pair in one call; ``run`` runs an experiment file (a grid of cells, a study)
 into a run folder, ``report`` writes a finished run's report again, ``restore`` loads a trained
 cell back, ``diagnose`` measures posterior collapse for any pair. The subpackages, lowest first:
-``infer`` (estimators, handlers, the trainer), ``data``, ``evaluation``, ``viz`` and ``runs``.
+``infer`` (estimators, handlers, the trainer), ``data``, ``evaluation``, ``viz`` and ``lab`` (running experiments).
 
 >>> import ppl_vae
 >>> from ppl_vae.models import GaussianVAE
@@ -37,7 +37,7 @@ from ppl_vae.registry import ESTIMATORS, GUIDES, MODELS
 
 #: imported on first use: running experiments brings matplotlib and torchvision's utilities (1.5 s on
 #: 2 CPU cores), which training and diagnosing from Python, and every grid worker's start, do without
-_RUNS = {"run": "ppl_vae.runs.experiment", "report": "ppl_vae.runs.experiment", "restore": "ppl_vae.runs.cell"}
+_RUNS = {"run": "ppl_vae.lab.experiment", "report": "ppl_vae.lab.experiment", "restore": "ppl_vae.lab.cell"}
 
 
 def __getattr__(name: str):

@@ -20,9 +20,9 @@ def first_sentence(text: str | None) -> str:
 
 
 def list_all() -> str:
+    from ppl_vae.lab import study
+    from ppl_vae.lab.experiment_file import bundled, load
     from ppl_vae.registry import DATASETS, ESTIMATORS, GUIDES, MODELS
-    from ppl_vae.runs import study
-    from ppl_vae.runs.experiment_file import bundled, load
 
     lines = ["experiments:"]
     lines += [f"  {name:<18} {first_sentence(load(path)[1].get('description'))}" for name, path in bundled().items()]
@@ -87,18 +87,18 @@ def main(argv: list[str] | None = None) -> int:
             print(list_all())
             return 0
         if args.command == "report":
-            from ppl_vae.runs.experiment import report
+            from ppl_vae.lab.experiment import report
 
             print(report(args.folder))
             return 0
         if args.command == "explore":
-            from ppl_vae.runs.explore import explore as draw
+            from ppl_vae.lab.explore import explore as draw
 
             for path in draw(args.folder, args.cell, _pair(args.between), _pairs(args.pairs), args.rows, args.steps,
                              args.example, args.dims, args.site):
                 print(path)
             return 0
-        from ppl_vae.runs.experiment import run as run_experiment
+        from ppl_vae.lab.experiment import run as run_experiment
 
         summaries = run_experiment(args.experiment, args.out, args.overrides, args.device, args.quick, args.force,
                                    args.resume, args.jobs, progress=True, ray=args.ray,

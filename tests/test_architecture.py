@@ -13,9 +13,9 @@ from pyro.infer.trace_elbo import _compute_log_r
 from torch.distributions.utils import _sum_rightmost
 
 import ppl_vae
-import ppl_vae.runs.studies
+import ppl_vae.lab.studies
 
-PACKAGES = [ppl_vae, ppl_vae.models, ppl_vae.guides, ppl_vae.runs.studies]
+PACKAGES = [ppl_vae, ppl_vae.models, ppl_vae.guides, ppl_vae.lab.studies]
 MODULES = sorted({p.__name__ for p in PACKAGES}
                  | {m.name for p in PACKAGES for m in pkgutil.walk_packages(p.__path__, p.__name__ + ".")})
 
@@ -64,7 +64,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 #: The package's layers, lowest first. A module imports from lower layers and from its own unit (a
 #: subpackage or a module of its layer), never from a unit beside it or above it: the engine
-#: (``infer``) knows no bundled model, and nothing below ``runs`` knows of experiment files.
+#: (``infer``) knows no bundled model, and nothing below ``lab`` knows of experiment files.
 LAYERS = [
     ["ppl_vae.errors"],
     ["ppl_vae.registry", "ppl_vae.io", "ppl_vae.tracing", "ppl_vae.networks"],  # the core every layer shares
@@ -72,7 +72,7 @@ LAYERS = [
     ["ppl_vae.infer", "ppl_vae.models", "ppl_vae.guides"],
     ["ppl_vae.evaluation"],
     ["ppl_vae.fitting", "ppl_vae.viz"],
-    ["ppl_vae.runs", "ppl_vae.experiments"],
+    ["ppl_vae.lab", "ppl_vae.experiments"],
     ["ppl_vae.cli", "ppl_vae"],  # the command line, and the package's face (its __init__)
 ]
 
@@ -98,8 +98,8 @@ def test_no_import_runs_up_a_layer_or_sideways():
 
 def test_the_layer_check_sees_an_upward_import():
     assert unit_of("ppl_vae.infer.training") == (3, "ppl_vae.infer")
-    assert unit_of("ppl_vae.runs.studies.single_bit") == (6, "ppl_vae.runs")
-    assert "ppl_vae.runs.cell" in imported_modules("ppl_vae.runs.explore")
+    assert unit_of("ppl_vae.lab.studies.single_bit") == (6, "ppl_vae.lab")
+    assert "ppl_vae.lab.cell" in imported_modules("ppl_vae.lab.explore")
     assert "ppl_vae.data.datasets" in imported_modules("ppl_vae.infer.training")
 
 
@@ -132,7 +132,7 @@ def test_no_import_cycle_inside_the_package():
     graph: acyclic. A parent package is not an edge of its submodules (Python imports it first
     whatever the submodule says)."""
     graph = {name: imported_modules(name) for name in MODULES}
-    assert "ppl_vae.runs.cell" in graph["ppl_vae.runs.studies.single_bit"]  # the walk sees what it must
+    assert "ppl_vae.lab.cell" in graph["ppl_vae.lab.studies.single_bit"]  # the walk sees what it must
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import ppl_vae
-from ppl_vae.runs import study
+from ppl_vae.lab import study
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ppl_vae import GUIDES, MODELS
-from ppl_vae.runs.experiment import run
+from ppl_vae.lab.experiment import run
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -14,11 +14,11 @@ from experiment_text import TINY_EXPERIMENT
 from ppl_vae import ConfigError
 from ppl_vae.cli import first_sentence, main
 from ppl_vae.evaluation.disentanglement import NonFiniteCodesError
-from ppl_vae.runs import experiment_file
-from ppl_vae.runs.cell import CellTask, RunFolderError
-from ppl_vae.runs.experiment import CellsFailed, run
-from ppl_vae.runs.experiment_file import Cell, bundled, find, load
-from ppl_vae.runs.runner import spread_over_gpus
+from ppl_vae.lab import experiment_file
+from ppl_vae.lab.cell import CellTask, RunFolderError
+from ppl_vae.lab.experiment import CellsFailed, run
+from ppl_vae.lab.experiment_file import Cell, bundled, find, load
+from ppl_vae.lab.runner import spread_over_gpus
 
 GOOD = TINY_EXPERIMENT + """[train]
 epochs = 2
@@ -194,7 +194,7 @@ def test_the_command_exits_1_for_a_fault_and_2_for_bad_input(monkeypatch, capsys
     def fail(*args, **kwargs):
         raise raised
 
-    monkeypatch.setattr("ppl_vae.runs.experiment.run", fail)
+    monkeypatch.setattr("ppl_vae.lab.experiment.run", fail)
     assert main(["run", "digits-vae"]) == code
     assert capsys.readouterr().err == f"ppl-vae: error: {raised}\n"
 
@@ -371,7 +371,7 @@ def test_the_device_defaults_to_auto_and_is_recorded(tmp_path, monkeypatch):
     assert inspect.signature(run).parameters["device"].default == "auto"
     seen = []
     with monkeypatch.context() as patch:  # what the CLI passes when --device is not given
-        patch.setattr("ppl_vae.runs.experiment.run", lambda *args, **kwargs: seen.append(args[3]) or [])
+        patch.setattr("ppl_vae.lab.experiment.run", lambda *args, **kwargs: seen.append(args[3]) or [])
         assert main(["run", "digits-vae"]) == 0 and seen == ["auto"]
     with monkeypatch.context() as patch:
         patch.setattr(torch.cuda, "is_available", lambda: True)
@@ -397,7 +397,7 @@ def test_jobs_on_cuda_spread_the_cells_over_the_gpus(monkeypatch, tmp_path):
 
 
 def test_a_margin_is_the_worst_seeds_distance_beside_the_seed_spread():
-    from ppl_vae.runs.study import Margin, margin_line
+    from ppl_vae.lab.study import Margin, margin_line
 
     clear = Margin.of([1.0, 2.0], [5.0, 6.0])  # worst pair: 2 against 5; sd of either side: 0.707
     assert (clear.worst, clear.spread) == (3.0, pytest.approx(math.sqrt(0.5))) and clear.holds

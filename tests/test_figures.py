@@ -10,7 +10,7 @@ from PIL import Image
 
 from ppl_vae import GUIDES, MODELS
 from ppl_vae.evaluation.collapse import posterior_draws
-from ppl_vae.runs.cell import image_figures
+from ppl_vae.lab.cell import image_figures
 from ppl_vae.tracing import reconstruct, sample_prior
 from ppl_vae.viz import plots
 

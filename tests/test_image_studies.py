@@ -14,7 +14,7 @@ from ppl_vae.data.datasets import Dataset, digits
 from ppl_vae.evaluation.anomaly import LocalPixelModel, png_nats, roc_auc, scores
 from ppl_vae.evaluation.latent_space import cluster_scores, in_between_distance, line, nearest_distance, plane
 from ppl_vae.infer.random_state import preserved_rng
-from ppl_vae.runs.experiment import run
+from ppl_vae.lab.experiment import run
 
 
 def test_gaussian_and_masking_noise_have_their_level():
@@ -150,7 +150,7 @@ def test_latent2d_clusters_the_held_out_codes_against_the_held_out_labels():
     """Held-out images that one-hot encode their labels, coded as themselves: k-means finds the ten
     classes exactly (ARI and NMI 1), against the held-out labels; the training labels, in another
     order, share nothing with them."""
-    from ppl_vae.runs.studies.latent2d import measure
+    from ppl_vae.lab.studies.latent2d import measure
 
     test_labels = torch.arange(10).repeat(3)
     train_labels = test_labels[torch.randperm(30, generator=torch.Generator().manual_seed(0))].repeat(2)
@@ -267,7 +267,7 @@ def _anomaly_row(digit: int, aucs: dict) -> dict:
 def test_the_anomaly_report_names_the_winner_the_failures_and_checks_half_the_digits(tmp_path, works, passes):
     """Crafted ROC-AUCs: the check counts the digits whose best score beats 0.9; the winner is the best mean."""
     from ppl_vae.evaluation.anomaly import SCORES
-    from ppl_vae.runs.studies.anomaly import report
+    from ppl_vae.lab.studies.anomaly import report
 
     rows = [_anomaly_row(d, {n: (0.95 if d < works and n == "likelihood_ratio" else 0.6) for n in SCORES})
             for d in range(10)]
@@ -283,7 +283,7 @@ def test_the_overfit_report_checks_memorisation_and_the_gaps(tmp_path):
     """Crafted histories: the 100-digit AE memorises (train far below held-out) and its gap is larger than the VAE's."""
     import json
 
-    from ppl_vae.runs.studies.overfit import report
+    from ppl_vae.lab.studies.overfit import report
 
     ends = {("ae", "100"): (1.0, 900.0, 1.0, 900.0), ("vae", "100"): (20.0, 300.0, 30.0, 320.0),
             ("ae", "all"): (50.0, 85.0, 50.0, 85.0), ("vae", "all"): (86.0, 97.0, 104.0, 114.0)}

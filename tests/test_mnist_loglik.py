@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from ppl_vae import GUIDES, MODELS
+from ppl_vae.lab.experiment import run
+from ppl_vae.lab.experiment_file import cells, find, load, validate
+from ppl_vae.lab.studies.mnist_loglik import PAPER_NLL, report
 from ppl_vae.networks import Decoder, Encoder
-from ppl_vae.runs.experiment import run
-from ppl_vae.runs.experiment_file import cells, find, load, validate
-from ppl_vae.runs.studies.mnist_loglik import PAPER_NLL, report
 
 FILES = ("mnist-loglik", "mnist-loglik-cpu")
 DIGITS = '[data]\nname = "digits"\nbinarize = "dynamic"\n'

@@ -25,10 +25,10 @@ from ppl_vae import DATASETS, Dataset, IncompatiblePairError, TrainConfig, Train
 from ppl_vae.infer.bounds import evaluate
 from ppl_vae.infer.capture import CaptureWarning
 from ppl_vae.infer.pairs import Sites
+from ppl_vae.lab.experiment import run
 from ppl_vae.models import GaussianVAE, StandardNormal
 from ppl_vae.models.likelihoods import Bernoulli
 from ppl_vae.networks import Decoder
-from ppl_vae.runs.experiment import run
 
 #: per-step losses of the toolkit and of SVI agree to this relative tolerance (float32 sums in
 #: another order, and the toolkit's per-example objective through Adam's epsilon)

@@ -18,9 +18,9 @@ from experiment_text import TINY_EXPERIMENT
 
 from ppl_vae import ConfigError
 from ppl_vae.cli import main
-from ppl_vae.runs.experiment import CellsFailed, run
-from ppl_vae.runs.ray_runner import RayCells
-from ppl_vae.runs.runner import CellFailure
+from ppl_vae.lab.experiment import CellsFailed, run
+from ppl_vae.lab.ray_runner import RayCells
+from ppl_vae.lab.runner import CellFailure
 
 GRID = TINY_EXPERIMENT + """[train]
 epochs = 3
@@ -169,7 +169,7 @@ def test_the_driver_writes_each_cells_checkpoints_oldest_first_and_its_final_fil
     script = [([checkpoint("killed", 1), checkpoint("killed", 2), checkpoint("ended", 1)], None),
               ([checkpoint("ended", 2)], ("ended", (summary, final))),  # its last post lands before it returns
               ([], ("killed", ScriptedRay.exceptions.RayError("the worker died")))]
-    monkeypatch.setattr("ppl_vae.runs.ray_runner.import_ray", lambda: ScriptedRay(script))
+    monkeypatch.setattr("ppl_vae.lab.ray_runner.import_ray", lambda: ScriptedRay(script))
     tasks = [SimpleNamespace(cell=SimpleNamespace(name=name), folder=tmp_path / name, device="cpu", resume=False,
                              threads=1) for name in ("killed", "ended")]
     killed, ended = RayCells().run(tasks, progress=False)
@@ -195,7 +195,7 @@ class UnreachableRay(ScriptedRay):
                                    ScriptedRay.exceptions.AuthenticationError("Failed to connect: no token found")],
                          ids=["connection", "authentication"])
 def test_a_cluster_that_cannot_be_reached_names_the_token_and_the_exports(monkeypatch, token, refusal):
-    monkeypatch.setattr("ppl_vae.runs.ray_runner.import_ray", lambda: UnreachableRay(refusal))
+    monkeypatch.setattr("ppl_vae.lab.ray_runner.import_ray", lambda: UnreachableRay(refusal))
     if token is None:
         monkeypatch.delenv("RAY_AUTH_TOKEN")
         monkeypatch.delenv("RAY_AUTH_MODE")

@@ -19,7 +19,7 @@ import pytest
 from experiment_text import TINY_EXPERIMENT
 
 from ppl_vae.io import load_tensors
-from ppl_vae.runs.experiment import run
+from ppl_vae.lab.experiment import run
 
 GRID = TINY_EXPERIMENT + """[train]
 epochs = 300

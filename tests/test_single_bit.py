@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from ppl_vae.runs.experiment import run
-from ppl_vae.runs.studies.single_bit import checks, found_threshold, restarts_table
-from ppl_vae.runs.study import best_per_cell
+from ppl_vae.lab.experiment import run
+from ppl_vae.lab.studies.single_bit import checks, found_threshold, restarts_table
+from ppl_vae.lab.study import best_per_cell
 
 QUICK = ["grid.data.n=[1, 5]", "grid.train.seed=[0]", "train.epochs=400", "train.eval_every=200",
          "train.compile=false", "diagnostics.rows=100", "diagnostics.iw_samples=200", "diagnostics.mean_samples=200"]

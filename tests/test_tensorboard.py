@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from ppl_vae import ConfigError
-from ppl_vae.runs.experiment import run
+from ppl_vae.lab.experiment import run
 
 DIGITS = """
 description = "a tiny image grid"

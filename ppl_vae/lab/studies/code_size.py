@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ppl_vae.evaluation.latent_space import reconstruction_error
-from ppl_vae.runs.study import Study, check_line, figure
+from ppl_vae.lab.study import Study, check_line, figure
 from ppl_vae.viz import plots
 
 

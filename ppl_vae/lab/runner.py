@@ -30,7 +30,7 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from ppl_vae.runs.cell import CellTask, run_cell
+from ppl_vae.lab.cell import CellTask, run_cell
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ppl_vae.runs import cell
-from ppl_vae.runs.study import Study, check_line, figure
+from ppl_vae.lab import cell
+from ppl_vae.lab.study import Study, check_line, figure
 from ppl_vae.viz import plots
 
 

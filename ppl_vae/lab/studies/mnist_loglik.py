@@ -17,8 +17,8 @@ from pathlib import Path
 
 from torch import nn
 
+from ppl_vae.lab.study import Study, check_line, figure
 from ppl_vae.networks import ACTIVATIONS
-from ppl_vae.runs.study import Study, check_line, figure
 from ppl_vae.viz import plots
 
 #: Burda et al. (2016), Table 1, MNIST: test NLL in nats by (stochastic layers, objective, k); the

@@ -1,6 +1,6 @@
-"""What a study report is and how one is found by name; the bundled ones are ``ppl_vae/runs/studies/``.
+"""What a study report is and how one is found by name; the bundled ones are ``ppl_vae/lab/studies/``.
 
-An experiment file's ``report = "NAME"`` names the module ``ppl_vae.runs.studies.NAME`` (hyphens as
+An experiment file's ``report = "NAME"`` names the module ``ppl_vae.lab.studies.NAME`` (hyphens as
 underscores: ``single-bit`` is ``single_bit.py``); a dotted name (``my_pkg.my_study``) names a
 module of your own, imported from the working directory. Either way the module defines
 ``STUDY``, a ``Study``: the report function and the grid axes and variants it reads, which
@@ -63,13 +63,13 @@ STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 
 
 def bundled() -> list[str]:
-    """The names of the studies shipped in ``ppl_vae/runs/studies/``."""
+    """The names of the studies shipped in ``ppl_vae/lab/studies/``."""
     return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules([str(STUDIES_DIR)]))
 
 
 def find(name: str) -> Study:
     """The ``STUDY`` of the module that ``name`` names (see the module docstring)."""
-    module_name = name if "." in name else f"ppl_vae.runs.studies.{name.replace('-', '_')}"
+    module_name = name if "." in name else f"ppl_vae.lab.studies.{name.replace('-', '_')}"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
@@ -79,7 +79,7 @@ def find(name: str) -> Study:
                           "a module of yours that defines STUDY)") from error
     study = getattr(module, "STUDY", None)
     if not isinstance(study, Study):
-        raise ConfigError(f"report {name!r}: module {module_name} defines no STUDY (a ppl_vae.runs.study.Study)")
+        raise ConfigError(f"report {name!r}: module {module_name} defines no STUDY (a ppl_vae.lab.study.Study)")
     return study
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.io import atomic_write
-from ppl_vae.runs.cell import CellTask
-from ppl_vae.runs.runner import CellFailure, Progress, attempt
+from ppl_vae.lab.cell import CellTask
+from ppl_vae.lab.runner import CellFailure, Progress, attempt
 
 #: what to tell a user whose Python lacks Ray
 INSTALL = "--ray needs Ray, an optional extra: pip install -e '.[ray]' (or pip install 'ray==2.60.0')"

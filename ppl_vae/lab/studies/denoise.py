@@ -15,8 +15,8 @@ import torch
 
 from ppl_vae.data.corruption import corrupt
 from ppl_vae.evaluation.latent_space import reconstruction_error
-from ppl_vae.runs import cell
-from ppl_vae.runs.study import Study, check_line, figure
+from ppl_vae.lab import cell
+from ppl_vae.lab.study import Study, check_line, figure
 from ppl_vae.tracing import reconstruct
 from ppl_vae.viz import plots
 

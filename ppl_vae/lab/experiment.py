@@ -22,10 +22,10 @@ from pathlib import Path
 from ppl_vae.errors import ConfigError, Fault
 from ppl_vae.infer.training import resolve_device
 from ppl_vae.io import write_json, write_text
-from ppl_vae.runs import study
-from ppl_vae.runs.cell import CellTask, RunFolderError, check_resumable, preflight, read
-from ppl_vae.runs.experiment_file import Cell, apply_overrides, bundled, cells, load, quick, validate
-from ppl_vae.runs.runner import CellFailure, GridRunner, LocalProcesses, Sequential
+from ppl_vae.lab import study
+from ppl_vae.lab.cell import CellTask, RunFolderError, check_resumable, preflight, read
+from ppl_vae.lab.experiment_file import Cell, apply_overrides, bundled, cells, load, quick, validate
+from ppl_vae.lab.runner import CellFailure, GridRunner, LocalProcesses, Sequential
 
 __all__ = ["run", "report", "write_results", "bundled", "load", "RunFolderError", "CellsFailed"]
 
@@ -67,7 +67,7 @@ def runner_for(jobs: int, ray: str | None = None, gpus_per_cell: float = 1.0) ->
     if ray is not None:
         if jobs != 1:
             raise ConfigError(f"--jobs {jobs} with --ray: Ray decides how many cells run at once; drop --jobs")
-        from ppl_vae.runs.ray_runner import RayCells  # Ray is an optional extra
+        from ppl_vae.lab.ray_runner import RayCells  # Ray is an optional extra
 
         return RayCells(ray or None, gpus_per_cell)
     return Sequential() if jobs == 1 else LocalProcesses(jobs)

@@ -23,8 +23,8 @@ from ppl_vae.evaluation.latent_space import (
     plane,
     reconstruction_error,
 )
-from ppl_vae.runs import cell
-from ppl_vae.runs.study import Study, check_line, figure, mean_sd
+from ppl_vae.lab import cell
+from ppl_vae.lab.study import Study, check_line, figure, mean_sd
 from ppl_vae.tracing import decode, prior_draws
 from ppl_vae.viz import plots
 

@@ -28,9 +28,9 @@ from ppl_vae.evaluation import collapse
 from ppl_vae.infer.config import TrainConfig
 from ppl_vae.infer.training import Trainer, cpu_threads
 from ppl_vae.io import load_tensors, write_json, write_text
+from ppl_vae.lab import study
+from ppl_vae.lab.experiment_file import SECTIONS, Cell, diagnostics_config, import_plugins, pair_reference
 from ppl_vae.registry import DATASETS, GUIDES, MODELS
-from ppl_vae.runs import study
-from ppl_vae.runs.experiment_file import SECTIONS, Cell, diagnostics_config, import_plugins, pair_reference
 from ppl_vae.viz import board, plots
 
 #: held-out examples and draws per example in a cell's aggregate-posterior figure

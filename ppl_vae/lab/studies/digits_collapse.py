@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ppl_vae.runs.study import Study, check_line, figure
+from ppl_vae.lab.study import Study, check_line, figure
 from ppl_vae.viz import plots
 
 #: without a remedy the latent has "collapsed" when no unit is active and its KL is below this

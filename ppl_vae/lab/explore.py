@@ -21,8 +21,8 @@ import torch
 from ppl_vae.errors import ConfigError
 from ppl_vae.evaluation.collapse import latent_traversal
 from ppl_vae.evaluation.latent_space import interpolation
-from ppl_vae.runs.cell import read, restore
-from ppl_vae.runs.experiment_file import cells
+from ppl_vae.lab.cell import read, restore
+from ppl_vae.lab.experiment_file import cells
 from ppl_vae.viz import plots
 
 

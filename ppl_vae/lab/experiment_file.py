@@ -5,7 +5,7 @@ An experiment file has the sections ``[data]``, ``[model]``, ``[guide]`` (each a
 ``name`` plus that factory's keyword arguments; or, for the pair, Pyro code of the user's own, see
 ``pair_reference``), ``[train]`` (the fields of
 ``config.TrainConfig``), and optionally ``[diagnostics]`` (the fields of
-``config.DiagnosticsConfig``), ``[grid]``, ``report`` (a study, ``ppl_vae.runs.studies``),
+``config.DiagnosticsConfig``), ``[grid]``, ``report`` (a study, ``ppl_vae.lab.studies``),
 ``description`` and ``imports`` (modules to import first, e.g. ones registering new pairs).
 
 ``[grid]`` axes are crossed; each combination is one independent cell. An axis is a dotted key
@@ -34,8 +34,8 @@ from typing import Any, Literal
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.infer.config import DiagnosticsConfig, TrainConfig
+from ppl_vae.lab import study
 from ppl_vae.registry import DATASETS, GUIDES, MODELS, check_kwargs
-from ppl_vae.runs import study
 
 SECTIONS = ("data", "model", "guide", "train", "diagnostics")
 TOP_LEVEL = {"description", "imports", "grid", "report", *SECTIONS}

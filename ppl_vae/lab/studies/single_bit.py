@@ -11,8 +11,8 @@ import statistics
 from pathlib import Path
 
 from ppl_vae.evaluation import collapse
-from ppl_vae.runs import cell
-from ppl_vae.runs.study import Study, best_per_cell, check_line, figure
+from ppl_vae.lab import cell
+from ppl_vae.lab.study import Study, best_per_cell, check_line, figure
 from ppl_vae.viz import plots
 
 LN2 = math.log(2)

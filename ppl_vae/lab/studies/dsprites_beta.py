@@ -29,9 +29,9 @@ from ppl_vae.evaluation.disentanglement import (
     raw_pixels,
 )
 from ppl_vae.io import write_json, write_text
-from ppl_vae.runs import cell
-from ppl_vae.runs.experiment_file import diagnostics_config
-from ppl_vae.runs.study import Margin, Study, figure, margin_line, mean_sd
+from ppl_vae.lab import cell
+from ppl_vae.lab.experiment_file import diagnostics_config
+from ppl_vae.lab.study import Margin, Study, figure, margin_line, mean_sd
 from ppl_vae.viz import plots
 
 #: Higgins et al. (2017), the dSprites table: their disentanglement metric, % accuracy (mean +- sd)

@@ -16,9 +16,9 @@ import torch
 
 from ppl_vae.evaluation.anomaly import SCORES, roc_auc, scores
 from ppl_vae.io import write_text
-from ppl_vae.runs import cell
-from ppl_vae.runs.experiment_file import diagnostics_config
-from ppl_vae.runs.study import Study, check_line, figure
+from ppl_vae.lab import cell
+from ppl_vae.lab.experiment_file import diagnostics_config
+from ppl_vae.lab.study import Study, check_line, figure
 from ppl_vae.viz import plots
 
 #: a score "works" for a left-out digit above this ROC-AUC, and "fails" below FAILS
