@@ -148,7 +148,8 @@ class Trainer:
                    else torch.randperm(n, device=self.device).split(self.batch_size))
         with corrupted_inputs(self.guide, self.config.input_noise, self.config.noise_level):
             for index in batches:
-                total += self._step(self.data.batch(index), check)
+                x = self.data.batch(index)
+                total += self._step(x, check) * len(x)
         return total
 
     def train_step(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,10 +165,10 @@ class Trainer:
         """
         x = x.to(self.device)
         with corrupted_inputs(self.guide, self.config.input_noise, self.config.noise_level):
-            return self._step(x, check=False) / len(x)
+            return self._step(x, check=False)
 
     def _step(self, x: torch.Tensor, check: bool) -> torch.Tensor:
-        """One optimiser step on batch ``x``; its summed training objective."""
+        """One optimiser step on batch ``x``; its training objective per example, on the device."""
         self.kl_weight.fill_(self.kl_schedule(self.step))
         self.scale.fill_(1 / len(x))  # the objective per example
         self.release.fill_(self.free_bits_release(self.step))
@@ -179,7 +180,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return loss.detach() * len(x)
+        return loss.detach()
 
     def fit(self, checkpoint: str | Path | None = None, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
         """Train the remaining epochs; save to ``checkpoint`` every ``checkpoint_every`` epochs and at the end.
