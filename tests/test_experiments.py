@@ -149,6 +149,16 @@ def test_set_overrides_a_key_that_a_variant_sets():
     assert [c.config["train"]["epochs"] for c in experiment_file.cells(config)] == [3, 3]
 
 
+def test_set_replaces_a_whole_section_with_an_inline_table():
+    """--set 'data={...}' swaps a study's data set: the section's other keys (mnist's root) go with it."""
+    config = {"data": {"name": "mnist", "root": "data", "download": False}, "train": {"epochs": 2}}
+    experiment_file.apply_overrides(config, ['data={name = "digits", binarize = "dynamic"}'])
+    assert config["data"] == {"name": "digits", "binarize": "dynamic"}
+    for bad in ("data=3", "grid={}", "nodata={name = 'x'}"):
+        with pytest.raises(ConfigError, match="SECTION="):
+            experiment_file.apply_overrides(config, [bad])
+
+
 def test_parallel_jobs_give_the_same_results(tmp_path, capsys):
     """A cell's CPU threads are its train.threads in this process and in a worker alike."""
     path = tmp_path / "grid.toml"

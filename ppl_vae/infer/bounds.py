@@ -21,25 +21,27 @@ from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
 from ppl_vae.errors import IncompatiblePairError
-from ppl_vae.tracing import global_sites, trace_pair
+from ppl_vae.tracing import global_sites, observed_site, trace_pair
 
 
 @dataclass
 class ElboTerms:
     """Per-datapoint terms in nats: ``recon`` ``[B]``, ``kl[site]`` ``[B]``, ``kl_dims[site]`` ``[B, D]``,
     and ``recon_dims`` ``[B, *data_shape]`` where the likelihood factorises over data dimensions;
-    ``kl_global[site]``: a one-draw estimate of the KL of each global latent site, in nats (0-dim)."""
+    ``kl_global[site]``: a one-draw estimate of the KL of each global latent site, in nats (0-dim);
+    ``observed[site]`` ``[B]``: -log p at the model's other observed sites (labels beside ``x``)."""
 
     recon: torch.Tensor
     kl: dict[str, torch.Tensor]
     kl_dims: dict[str, torch.Tensor] = field(default_factory=dict)
     recon_dims: torch.Tensor | None = None
     kl_global: dict[str, torch.Tensor] = field(default_factory=dict)
+    observed: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def loss(self) -> torch.Tensor:
         """Negative ELBO per datapoint, the global sites' KLs left out (they are not per datapoint)."""
-        return self.recon + sum(self.kl.values(), torch.zeros_like(self.recon))
+        return self.recon + sum([*self.kl.values(), *self.observed.values()], torch.zeros_like(self.recon))
 
 
 def site_kl(q, p, z, analytic: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -61,28 +63,46 @@ def site_kl(q, p, z, analytic: bool) -> tuple[torch.Tensor, torch.Tensor | None]
     return q.log_prob(z) - p.log_prob(z), None
 
 
-def elbo_terms(model, guide, x: torch.Tensor, analytic_kl: bool = False) -> ElboTerms:
-    """Trace ``guide(x)``, replay ``model(x)`` on its latents, and split -ELBO into its terms.
+def _masked(site: dict, value: torch.Tensor) -> torch.Tensor:
+    """``value`` (a per-datapoint term, or per datapoint and dimension) zeroed where the site is masked
+    out (``poutine.mask``; ``obs_mask``'s observed and unobserved halves)."""
+    mask = site["mask"]
+    if mask is None or mask is True:
+        return value
+    mask = torch.as_tensor(mask, device=value.device)
+    return torch.where(mask.reshape(mask.shape + (1,) * (value.dim() - mask.dim())), value, 0.0)
+
+
+def elbo_terms(model, guide, x: torch.Tensor, analytic_kl: bool = False,
+               fields: dict[str, torch.Tensor] | None = None) -> ElboTerms:
+    """Trace ``guide(x)``, replay ``model(x)`` on its latents, and split -ELBO into its terms
+    (the pair called with the data ``fields`` it takes as keywords).
 
     Unscaled log-densities are used, so the terms are those of the plain ELBO whatever KL
-    weight the pair is trained with.
+    weight the pair is trained with; masks apply (a label site observed on some rows only).
     """
-    model_trace, guide_trace = trace_pair(model, guide, x)
+    model_trace, guide_trace = trace_pair(model, guide, x, **(fields or {}))
     recon, recon_dims = torch.zeros(x.shape[0], device=x.device), None
-    kl, kl_dims, kl_global, shared = {}, {}, {}, global_sites(model)
+    kl, kl_dims, kl_global, shared, observed = {}, {}, {}, global_sites(model), {}
+    data_site = observed_site(model)
     for name, site in model_trace.nodes.items():
-        if site["type"] != "sample":
+        if site["type"] != "sample" or site["infer"].get("_deterministic"):
             continue
-        if site["is_observed"]:
-            recon = recon - site["fn"].log_prob(site["value"])
+        if site["is_observed"] and name == data_site:
+            recon = recon - _masked(site, site["fn"].log_prob(site["value"]))
             if isinstance(site["fn"], Independent):
                 recon_dims = -site["fn"].base_dist.log_prob(site["value"])
+        elif site["is_observed"]:
+            observed[name] = -_masked(site, site["fn"].log_prob(site["value"]))
+        elif name not in guide_trace.nodes:  # left to enumeration by the guide: drawn from p here (q = p, no KL)
+            continue
         elif name in shared:
             kl_global[name] = site_kl(guide_trace.nodes[name]["fn"], site["fn"], site["value"], analytic_kl)[0].sum()
         else:
             kl[name], per_dim = site_kl(guide_trace.nodes[name]["fn"], site["fn"], site["value"], analytic_kl)
+            kl[name] = _masked(guide_trace.nodes[name], kl[name])
             if per_dim is not None:
-                kl_dims[name] = per_dim
+                kl_dims[name] = _masked(guide_trace.nodes[name], per_dim)
     for name, site in guide_trace.nodes.items():  # the guide's own (auxiliary) sites: their log q
         if site["type"] == "sample" and name not in model_trace.nodes:
             # an autoguide's "mu_unconstrained" goes with "mu"; another (a joint latent) under its own name
@@ -93,12 +113,12 @@ def elbo_terms(model, guide, x: torch.Tensor, analytic_kl: bool = False) -> Elbo
                 kl_global[owner] = kl_global.get(owner, 0) + log_q.sum()
             else:
                 kl[owner] = kl.get(owner, 0) + log_q
-    return ElboTerms(recon, kl, kl_dims, recon_dims, kl_global)
+    return ElboTerms(recon, kl, kl_dims, recon_dims, kl_global, observed)
 
 
 @torch.no_grad()
 def evaluate(model, guide, data: torch.Tensor, analytic_kl: bool = False, chunk_size: int = 2048,
-             num_particles: int = 1) -> dict:
+             num_particles: int = 1, fields: dict[str, torch.Tensor] | None = None) -> dict:
     """Dataset means of the ELBO terms, in nats per example, computed in chunks without gradients,
     averaged over ``num_particles`` draws of z per datapoint.
 
@@ -106,28 +126,37 @@ def evaluate(model, guide, data: torch.Tensor, analytic_kl: bool = False, chunk_
     a model with global latent sites (``pairs.Program``) ``kl_global``: ``{site: nats}``, each the
     KL of the whole site. In ``loss`` and ``kl`` each counts once per pass over the model's
     ``data_size`` training examples (its KL / N per example), as in the full-data ELBO it trains;
-    ``kl_sites`` and ``kl_dims`` hold the per-datapoint sites only.
+    ``kl_sites`` and ``kl_dims`` hold the per-datapoint sites only. A model that observes labels
+    beside ``x`` adds ``observed_sites``: ``{site: -log p}``, part of ``loss``.
+
+    :param fields: ``data``'s rows of the data fields the pair takes as keywords (``Dataset.test_fields``).
     """
     sums: dict[str, torch.Tensor] = {}
     shared: dict[str, list[torch.Tensor]] = {}
-    for x in data.split(chunk_size):
+    fields = fields or {}
+    chunks = zip(data.split(chunk_size), *[t.split(chunk_size) for t in fields.values()])
+    for x, *values in chunks:
         left = num_particles
         while left:  # several particles per pass, as repeated rows, up to chunk_size rows
             copies = min(left, max(1, chunk_size // len(x)))
             left -= copies
-            terms = elbo_terms(model, guide, x.repeat(copies, *[1] * (x.dim() - 1)), analytic_kl)
+            x_rows, *value_rows = [t.repeat(copies, *[1] * (t.dim() - 1)) for t in (x, *values)]
+            terms = elbo_terms(model, guide, x_rows, analytic_kl, dict(zip(fields, value_rows)))
             kl = sum(terms.kl.values(), torch.zeros_like(terms.recon))  # 0 for a pair of global latents alone
             parts = {"loss": terms.loss, "recon": terms.recon, "kl": kl}
             parts |= {f"kl_sites/{s}": v for s, v in terms.kl.items()}
             parts |= {f"kl_dims/{s}": v for s, v in terms.kl_dims.items()}
+            parts |= {f"observed_sites/{s}": v for s, v in terms.observed.items()}
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0) + value.sum(0)
             for site, value in terms.kl_global.items():
                 shared.setdefault(site, []).append(value)
     means = {k: (v / (len(data) * num_particles)).tolist() for k, v in sums.items()}  # one copy per term
     out = {k: means[k] for k in ("loss", "recon", "kl")}
-    for group in ("kl_sites", "kl_dims"):
+    for group in ("kl_sites", "kl_dims", "observed_sites"):
         out[group] = {k.split("/", 1)[1]: v for k, v in means.items() if k.startswith(group + "/")}
+    if not out["observed_sites"]:
+        del out["observed_sites"]
     if shared:
         out["kl_global"] = {site: torch.stack(v).mean().item() for site, v in shared.items()}
         per_example = sum(out["kl_global"].values()) / (getattr(model, "data_size", None) or len(data))
@@ -153,7 +182,10 @@ def log_importance_weights(model, guide, *args, num_samples: int, reparameterise
             f"{', '.join(map(repr, discrete))} cannot be reparameterised (a discrete latent): use estimator 'mc'")
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
-    log_w = sum(s["log_prob"] for s in model_trace.nodes.values() if s["type"] == "sample")
+    # a latent the guide leaves to enumeration is drawn from the model's prior here: the proposal is p
+    # there, and its density cancels from the weight
+    log_w = sum(s["log_prob"] for n, s in model_trace.nodes.items() if s["type"] == "sample"
+                and (s["is_observed"] or n in guide_trace.nodes))
     return log_w - sum(s["log_prob"] for s in guide_trace.nodes.values() if s["type"] == "sample")
 
 

@@ -103,6 +103,8 @@ class TrainingLoss:
     :param free_bits: free-bits nats per dimension by latent site (``handlers.FreeBits``).
     :param global_sites: latent sites shared by all data, whose log-densities a batch of B rows out
         of ``data_size`` scales by B / ``data_size`` (``handlers.GlobalShare``).
+    :param kl_weighted: apply the KL weight (``handlers.KLWeight``); ``False`` for an estimator that
+        needs every site at one scale (``enum``: TraceEnum_ELBO reads each site's scale as a number).
     :param compile: compile each captured graph with Inductor (``torch.compile``), which fuses its
         element-wise operations into a few loops; a graph that fails to compile, or whose first
         compiled step differs from the eager one, is replayed uncompiled with a ``CaptureWarning``.
@@ -111,8 +113,10 @@ class TrainingLoss:
     """
 
     def __init__(self, loss_fn: nn.Module, capture: bool = True, free_bits: dict[str, float] | None = None,
-                 compile: bool = False, global_sites: tuple[str, ...] = (), data_size: int = 0):
+                 compile: bool = False, global_sites: tuple[str, ...] = (), data_size: int = 0,
+                 kl_weighted: bool = True):
         self.loss_fn, self.capture, self.free_bits = loss_fn, capture, dict(free_bits or {})
+        self.kl_weighted = kl_weighted
         self.global_sites, self.data_size = tuple(global_sites), data_size
         self.compile, self.compile_seconds = compile, 0.0
         self.graphs: dict[tuple, JointGraph | None] = {}  # batch (shape, dtype, device) -> graph
@@ -124,27 +128,31 @@ class TrainingLoss:
         self.trainable_tensors = [self.state[i] for i in self.trainable]
 
     def loss_and_grads(self, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
-                       release: torch.Tensor | None = None) -> torch.Tensor:
+                       release: torch.Tensor | None = None, fields: dict[str, torch.Tensor] | None = None
+                       ) -> torch.Tensor:
         """``scale`` times the loss, detached; each parameter's ``.grad`` is set to its gradient.
 
         :param scale: a 0-dim tensor (1 by default), e.g. 1 / batch size for a per-example objective.
         :param release: a 0-dim tensor (1 by default) that multiplies the free-bits floors.
+        :param fields: the batch's data fields the pair takes as keywords (labels, a mask), inputs of
+            the captured graph like ``x``.
         """
         scale = torch.ones((), dtype=x.dtype, device=x.device) if scale is None else scale
         release = torch.ones((), dtype=x.dtype, device=x.device) if release is None else release
         for t in self.trainable_tensors:  # free the last step's gradients first: their memory serves this step
             t.grad = None
-        key = (tuple(x.shape), x.dtype, x.device)
+        fields = fields or {}
+        key = (tuple(x.shape), x.dtype, x.device, *((name, tuple(t.shape), t.dtype) for name, t in fields.items()))
         if key not in self.graphs:
-            return self._first(x, weight, scale, release, key)
+            return self._first(x, weight, scale, release, fields, key)
         joint = self.graphs[key]
         if joint is None:
             with pyro.validation_enabled(False):
-                loss = self._eager(x, weight, release) * scale
+                loss = self._eager(x, weight, release, fields) * scale
             self._set_grads(self.trainable, torch.autograd.grad(loss, self.trainable_tensors, allow_unused=True))
             return loss.detach()
         with torch.no_grad():
-            loss, *grads = joint.graph(*self.state, x, weight, scale, release)
+            loss, *grads = joint.graph(*self.state, x, weight, scale, release, *fields.values())
         self._set_grads(joint.grad_of, grads)
         return loss
 
@@ -161,34 +169,40 @@ class TrainingLoss:
     def _handlers(self, x: torch.Tensor, weight: torch.Tensor, release: torch.Tensor) -> ExitStack:
         """The KL weight, the free-bits floors and the global sites' share of the batch, as handlers."""
         stack = ExitStack()
-        stack.enter_context(KLWeight(weight))
+        if self.kl_weighted:
+            stack.enter_context(KLWeight(weight))
         stack.enter_context(FreeBits(self.free_bits, release))
         if self.global_sites:  # a pair with latents shared by all data (none for the bundled pairs)
             stack.enter_context(GlobalShare(self.global_sites, len(x) / self.data_size))
         return stack
 
-    def _eager(self, x: torch.Tensor, weight: torch.Tensor, release: torch.Tensor) -> torch.Tensor:
+    def _eager(self, x: torch.Tensor, weight: torch.Tensor, release: torch.Tensor, fields: dict) -> torch.Tensor:
         with self._handlers(x, weight, release):
-            return self.loss_fn(x)
+            return self.loss_fn(x, **fields)
 
-    def _first(self, x, weight, scale, release, key: tuple) -> torch.Tensor:
+    def _first(self, x, weight, scale, release, fields: dict, key: tuple) -> torch.Tensor:
         before = rng_state(x.device)
-        loss = self._eager(x, weight, release) * scale
+        loss = self._eager(x, weight, release, fields) * scale
         grads = torch.autograd.grad(loss, self.trainable_tensors, allow_unused=True) if loss.requires_grad else ()
         self._set_grads(self.trainable, grads)
         self.graphs[key] = None
-        if self.capture and grads:
-            self.graphs[key] = self._capture((x, weight, scale, release), loss.detach(), grads, before)
+        refusal = getattr(getattr(self.loss_fn, "elbo", None), "capture_refusal", None)  # an estimator's own reason
+        if self.capture and grads and refusal:
+            self._eagerly(refusal)
+        elif self.capture and grads:
+            self.graphs[key] = self._capture((x, weight, scale, release, *fields.values()), tuple(fields),
+                                             loss.detach(), grads, before)
         return loss.detach()
 
-    def _capture(self, inputs, loss, grads, rng_before) -> JointGraph | None:
+    def _capture(self, inputs, field_names: tuple[str, ...], loss, grads, rng_before) -> JointGraph | None:
         trainable, grad_of = self.trainable, []
-        x = inputs[0]
+        x, n = inputs[0], len(self.state)
 
         def joint(*tensors):
-            *state, x, weight, scale, release = tensors
+            state, (x, weight, scale, release, *values) = tensors[:n], tensors[n:]
             with self._handlers(x, weight, release):
-                value = functional_call(self.loss_fn, dict(zip(self.names, state)), (x,)) * scale
+                value = functional_call(self.loss_fn, dict(zip(self.names, state)), (x,),
+                                        dict(zip(field_names, values))) * scale
             grads = torch.autograd.grad(value, [state[i] for i in trainable], allow_unused=True)
             grad_of[:] = [i for i, g in zip(trainable, grads) if g is not None]  # unused parameters get none
             # each gradient in its parameter's memory layout, as autograd's accumulation would give it

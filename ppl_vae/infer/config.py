@@ -19,7 +19,7 @@ class TrainConfig:
     batch_size: int = 128  # examples per step; 0 = the full training set
     lr: float = 1e-3  # Adam learning rate at the first step
     lr_final: float | None = None  # decay exponentially to this by the last step; None = constant
-    estimator: str = "mc"  # registered ELBO estimator: mc | analytic | iw
+    estimator: str = "mc"  # registered ELBO estimator: mc | analytic | iw | enum
     num_particles: int = 1  # samples of z per datapoint in the training objective
     free_bits: float = 0.0  # nats per latent dimension the KL may use for free (Kingma et al. 2016); 0 = off
     # per-site free bits, e.g. {z2 = 0.5}; ahead of free_bits
@@ -61,6 +61,10 @@ class TrainConfig:
         if self.kl_warmup_epochs and self.kl_schedule != "linear":
             raise ConfigError(f"[train] kl_warmup_epochs = {self.kl_warmup_epochs} ramps the KL weight only with "
                               f"kl_schedule = 'linear' (it is {self.kl_schedule!r}): set kl_schedule = 'linear'")
+        if self.estimator == "enum" and (self.kl_weight != 1 or self.kl_schedule != "constant" or self.free_bits_sites):
+            raise ConfigError("[train] estimator 'enum' sums discrete sites out, and Pyro's TraceEnum_ELBO needs one "
+                              "scale for every site that depends on them: set kl_weight = 1, kl_schedule = 'constant' "
+                              "and no free_bits_sites, or use estimator 'mc' to weight the KL")
         if self.free_bits_sites and self.estimator == "iw":
             raise ConfigError("[train] free_bits_sites apply to a KL term, which the importance-weighted bound "
                               "has not: use estimator 'mc' or 'analytic'")

@@ -19,10 +19,10 @@ class NonFiniteLossError(Fault, FloatingPointError):
     """The training loss became NaN or infinite; the message names the step and the sites."""
 
 
-def nonfinite_sites(model, guide, x: torch.Tensor) -> list[str]:
-    """Sample sites of the pair (guide first) whose log-density on ``x`` is not finite."""
+def nonfinite_sites(model, guide, x: torch.Tensor, fields: dict | None = None) -> list[str]:
+    """Sample sites of the pair (guide first) whose log-density on ``x`` (and ``fields``) is not finite."""
     with torch.no_grad():
-        model_trace, guide_trace = trace_pair(model, guide, x)
+        model_trace, guide_trace = trace_pair(model, guide, x, **(fields or {}))
     bad = []
     for where, trace in (("guide", guide_trace), ("model", model_trace)):
         for name, site in trace.nodes.items():
@@ -31,9 +31,10 @@ def nonfinite_sites(model, guide, x: torch.Tensor) -> list[str]:
     return bad
 
 
-def step_error(model, guide, x: torch.Tensor, loss: torch.Tensor, step: int, epoch: int) -> NonFiniteLossError:
+def step_error(model, guide, x: torch.Tensor, loss: torch.Tensor, step: int, epoch: int,
+               fields: dict | None = None) -> NonFiniteLossError:
     """The error for a step whose loss is not finite, naming the sites at fault."""
-    sites = nonfinite_sites(model, guide, x)
+    sites = nonfinite_sites(model, guide, x, fields)
     return NonFiniteLossError(
         f"the training loss is {loss.item()} at step {step} (epoch {epoch}); non-finite "
         f"log-density at {', '.join(sites) or 'no single site (check the gradients)'}. "

@@ -7,32 +7,40 @@ over the batch) and whose ``parameters()`` are the pair's.
   that are not mean-field, where it would be wrong.
 - ``iw``: the importance-weighted bound of Burda et al. (2016), Eq. 8, with K particles,
   a log-mean-exp per datapoint.
+- ``enum``: the ELBO with the discrete sites marked for enumeration summed out exactly
+  (``TraceEnum_ELBO``'s semantics: parallel enumeration, the plate nesting found from the pair),
+  as the semi-supervised VAE of Kingma et al. (2014), Eq. 7, sums over the classes of y.
 
 The loss never leaves the device: Pyro's ``Trace_ELBO.differentiable_loss`` reads each site's
 log-density back to the host and hooks a NaN check on the gradient, a host-device
 synchronisation per step on a GPU. Here tracing, particles and validation are Pyro's, and only
 the final sum is our own.
 
-Two classes serve the three names: ``ElboEstimator`` (``mc`` and ``analytic``; built on Pyro's
+Three classes serve the four names: ``ElboEstimator`` (``mc`` and ``analytic``; built on Pyro's
 ``Trace_ELBO``, whose tracing it reuses through the private ``_get_traces`` and
 ``_compute_log_r``: ``pyro-ppl`` is bounded to the versions tested, and
-``tests/test_architecture.py`` checks their signatures) and ``ImportanceWeightedEstimator`` (``iw``).
+``tests/test_architecture.py`` checks their signatures), ``ImportanceWeightedEstimator`` (``iw``)
+and ``EnumeratedEstimator`` (``enum``, on ``TraceEnum_ELBO`` and its private ``_compute_dice_elbo``).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import operator
 
 import torch
 from pyro.distributions.util import scale_and_mask
-from pyro.infer import ELBO, Trace_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.trace_elbo import _compute_log_r
+from pyro.infer.traceenum_elbo import _compute_dice_elbo
 from pyro.infer.util import is_identically_zero
+from pyro.poutine.messenger import Messenger
 
 from ppl_vae.errors import ConfigError, IncompatiblePairError
 from ppl_vae.infer.bounds import log_importance_weights, site_kl
+from ppl_vae.infer.random_state import preserved_rng
 from ppl_vae.registry import ESTIMATORS
 from ppl_vae.tracing import trace_pair
 
@@ -171,6 +179,58 @@ class ImportanceWeightedEstimator(DeviceELBO):
         return -(log_w.logsumexp(0) - math.log(self.num_particles)).sum()
 
 
+class _EnumerableSitesOnly(Messenger):
+    """Refuse, by name, a site marked for enumeration whose distribution has no finite support to sum over."""
+
+    def _pyro_sample(self, msg):
+        if msg["infer"].get("enumerate") and not msg["is_observed"] and not msg["fn"].has_enumerate_support:
+            raise IncompatiblePairError(
+                f"site {msg['name']!r} is marked for enumeration, but its {type(msg['fn']).__name__} distribution "
+                "is not discrete with finite support: mark only discrete sites (config_enumerate(guide, "
+                "default='parallel') marks the discrete ones alone), or use estimator 'mc'")
+
+
+class EnumeratedEstimator(DeviceELBO, TraceEnum_ELBO):
+    """-ELBO with every discrete site marked for enumeration (``infer={"enumerate": "parallel"}``, or
+    ``pyro.infer.config_enumerate``) summed out exactly, in the guide (E_q(y|x) as a weighted sum, as
+    Kingma et al. 2014, Eq. 7) or in the model (a mixture's assignment, marginalised); the other
+    sites are sampled, with Dice's score-function terms for those not reparameterisable
+    (Obermeyer et al. 2019). Pyro's ``TraceEnum_ELBO`` with parallel enumeration and
+    ``max_plate_nesting`` found from the pair on its first call, less its NaN hook on the loss (a
+    host read every step).
+    """
+
+    #: why ``capture.TrainingLoss`` runs this estimator eagerly rather than tracing it
+    capture_refusal = ("estimator 'enum' runs eagerly: Pyro's TraceEnum_ELBO weighs each cost by its enumerated "
+                       "probability and branches on whether all of them are positive, a branch on values that a "
+                       "captured graph cannot hold (set train.capture = false to run eagerly without this warning)")
+
+    def __init__(self, num_particles: int = 1):
+        super().__init__(num_particles=num_particles, vectorize_particles=num_particles > 1,
+                         strict_enumeration_warning=False)
+
+    def _guess_max_plate_nesting(self, model, guide, args, kwargs):
+        """Pyro's guess (one run of the pair), leaving the random stream as it was, so that finding the
+        nesting is no part of the run, and without its log line."""
+        device = next((a.device for a in args if torch.is_tensor(a)), torch.device("cpu"))
+        logger, level = logging.getLogger("pyro.infer.elbo"), logging.getLogger("pyro.infer.elbo").level
+        logger.setLevel(logging.WARNING)
+        try:
+            with preserved_rng(device):
+                super()._guess_max_plate_nesting(model, guide, args, kwargs)
+        finally:
+            logger.setLevel(level)
+
+    def _get_traces(self, model, guide, args, kwargs):
+        check = _EnumerableSitesOnly()
+        yield from super()._get_traces(check(model), check(guide), args, kwargs)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        particles = [_compute_dice_elbo(m, g) for m, g in self._get_traces(model, guide, args, kwargs)]
+        elbo = functools.reduce(operator.add, particles)
+        return -elbo if self.num_particles == 1 else -elbo / self.num_particles
+
+
 @ESTIMATORS.register("mc")
 def mc(num_particles: int = 1, free_bits: float = 0.0) -> ELBO:
     """Monte Carlo ELBO (Trace_ELBO's estimator), particles vectorised; valid for every pair."""
@@ -190,3 +250,12 @@ def iw(num_particles: int = 5, free_bits: float = 0.0) -> ELBO:
         raise ConfigError("free bits apply to a KL term, which the importance-weighted bound has not: "
                           "use estimator 'mc' or 'analytic' with free_bits, or set free_bits = 0")
     return ImportanceWeightedEstimator(num_particles)
+
+
+@ESTIMATORS.register("enum")
+def enum(num_particles: int = 1, free_bits: float = 0.0) -> ELBO:
+    """ELBO with the discrete sites marked for enumeration summed out exactly (TraceEnum_ELBO's)."""
+    if free_bits:
+        raise ConfigError("free bits floor a reparameterised KL, and estimator 'enum' sums discrete sites out: "
+                          "set free_bits = 0, or use estimator 'mc' or 'analytic' for a pair without discrete sites")
+    return EnumeratedEstimator(num_particles)

@@ -28,7 +28,7 @@ import pyro
 import torch
 from torch import nn
 
-from ppl_vae.errors import IncompatiblePairError
+from ppl_vae.errors import ConfigError, IncompatiblePairError
 from ppl_vae.infer.random_state import preserved_rng
 from ppl_vae.tracing import trace_pair
 
@@ -36,12 +36,15 @@ from ppl_vae.tracing import trace_pair
 @dataclass(frozen=True)
 class Sites:
     """A pair's sample sites, in model order: ``observed``, the per-datapoint latents ``local``
-    (name -> size of one datapoint's value) and the ``global_`` latents shared by all data (with
-    the guide's own auxiliary sites outside the data plate, whose log q belongs to their KL)."""
+    (name -> size of one datapoint's value), the ``global_`` latents shared by all data (with
+    the guide's own auxiliary sites outside the data plate, whose log q belongs to their KL), and
+    the model's discrete sites that the guide leaves to enumeration (``summed_out``: a mixture's
+    assignment, marginalised by estimator ``enum``; elsewhere drawn from the prior, q = p)."""
 
     observed: str
     local: dict[str, int]
     global_: tuple[str, ...]
+    summed_out: tuple[str, ...] = ()
 
 
 def describe(fn: Callable) -> str:
@@ -68,6 +71,48 @@ def owners(fn: Callable) -> list[nn.Module]:
         cells = [cell.cell_contents for cell in fn.__closure__ or () if cell.cell_contents is not None]
         found = [m for m in names + cells if isinstance(m, nn.Module)]
     return found
+
+
+def _parameters(fn: Callable) -> list[inspect.Parameter] | None:
+    """The parameters after the data ``x`` of a model or guide callable (an ``nn.Module``'s ``forward``);
+    None where it takes ``**kwargs`` (any field)."""
+    target = fn.forward if isinstance(fn, nn.Module) else fn
+    try:
+        params = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):  # a builtin or a callable without a signature: x alone
+        return []
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p for p in params[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def requested_fields(model: Callable, guide: Callable, available, data: str = "the data") -> tuple[str, ...]:
+    """The data fields (``Dataset.train_fields``) a pair is called with, as keywords: those its model or
+    guide names among its parameters, in the order the data hold them. Raises ``ConfigError`` for a
+    parameter without a default that the data lack, and ``IncompatiblePairError`` where the model
+    takes a field that the guide cannot (SVI calls both with the same arguments)."""
+    available = list(available)
+    found = {}
+    for role, fn in (("model", model), ("guide", guide)):
+        params = _parameters(fn)
+        found[role] = set(available) if params is None else {p.name for p in params if p.name in available}
+        missing = [p.name for p in params or () if p.default is p.empty and p.name not in available]
+        if missing:
+            raise ConfigError(
+                f"the {role} {describe(fn)} asks for {', '.join(map(repr, missing))}, but {data} "
+                f"{'has the fields ' + ', '.join(map(repr, available)) if available else 'has no fields beside x'}: "
+                "use data that carry them (the digits and mnist data sets carry their labels as 'y' and "
+                "'labelled'), or give the parameter a default")
+    names = found["model"] | found["guide"]
+    for role, fn in (("model", model), ("guide", guide)):
+        params = _parameters(fn)
+        refused = sorted(names - {p.name for p in params}) if params is not None else []
+        if refused:
+            raise IncompatiblePairError(
+                f"the {role} {describe(fn)} takes no {', '.join(map(repr, refused))}, which the other takes: "
+                f"SVI calls model and guide with the same arguments, so give the {role} that parameter "
+                f"(e.g. {refused[0]}=None)")
+    return tuple(name for name in available if name in names)
 
 
 class PairParams(nn.Module):
@@ -160,25 +205,38 @@ class Program(nn.Module):
         return self.name
 
 
-def discover(model, guide, x: torch.Tensor, names: tuple[str, str] = ("model", "guide")) -> Sites:
-    """The pair's sites from traces on the first 2 and 3 rows of ``x``: a latent site is per
-    datapoint when it lies in a plate whose size follows the batch's. Raises
-    ``IncompatiblePairError`` for a model with no observed site, or with a latent site the guide
-    does not sample."""
-    traces = [trace_pair(model, guide, x[:rows]) for rows in (2, 3)]
+def discover(model, guide, x: torch.Tensor, names: tuple[str, str] = ("model", "guide"),
+             fields: dict[str, torch.Tensor] | None = None) -> Sites:
+    """The pair's sites from traces on the first 2 and 3 rows of ``x`` (and of ``fields``, given as
+    keywords): a latent site is per datapoint when it lies in a plate whose size follows the batch's.
+    The observed site is the data's: where the model observes several (labels beside ``x``), the
+    one named ``"x"`` or else the one observing ``x`` itself. Raises ``IncompatiblePairError`` for a
+    model with no observed site, or with a latent site the guide does not sample."""
+    fields = fields or {}
+    batches = [x[:rows] for rows in (2, 3)]
+    traces = [trace_pair(model, guide, batch, **{k: v[:len(batch)] for k, v in fields.items()}) for batch in batches]
     data_plates = set.intersection(*[{frame.name for site in trace.nodes.values() if site["type"] == "sample"
                                       for frame in site["cond_indep_stack"] if frame.size == rows}
                                      for (trace, _), rows in zip(traces, (2, 3))])
     model_trace, guide_trace = traces[1]
-    samples = {name: site for name, site in model_trace.nodes.items() if site["type"] == "sample"}
+    samples = {name: site for name, site in model_trace.nodes.items() if site["type"] == "sample"
+               and not site["infer"].get("_deterministic")}  # pyro.deterministic records, not densities
     observed = [name for name, site in samples.items() if site["is_observed"]]
+    if len(observed) > 1:  # labels observed beside the data (obs_mask's "y_observed", say)
+        data_site = [name for name in observed if name == "x"] or [
+            name for name in observed if samples[name]["value"] is batches[1]]
+        observed = data_site if len(data_site) == 1 else observed
     if len(observed) != 1:
         found = f"observes {', '.join(map(repr, observed))}" if observed else "has no observed site"
         raise IncompatiblePairError(
             f"the {names[0]} {found}: it must observe the data at one site, "
-            "pyro.sample(NAME, distribution, obs=x), with x the batch it is called with")
+            "pyro.sample(NAME, distribution, obs=x), with x the batch it is called with (beside labels or "
+            "other observed sites, name the data's site 'x')")
     guided = {name for name, site in guide_trace.nodes.items() if site["type"] == "sample"}
-    missed = [name for name, site in samples.items() if not site["is_observed"] and name not in guided]
+    summed_out = tuple(name for name, site in samples.items() if not site["is_observed"] and name not in guided
+                       and site["infer"].get("enumerate"))
+    missed = [name for name, site in samples.items() if not site["is_observed"] and name not in guided
+              and name not in summed_out]
     if missed:
         raise IncompatiblePairError(
             f"the {names[0]}'s latent site(s) {', '.join(map(repr, missed))} are not sampled by the {names[1]}, "
@@ -186,7 +244,7 @@ def discover(model, guide, x: torch.Tensor, names: tuple[str, str] = ("model", "
             "latent site of the model, under the same name (an autoguide, or AutoGuideList, can cover the rest)")
     local, global_ = {}, []
     for name, site in samples.items():
-        if site["is_observed"]:
+        if site["is_observed"] or name in summed_out:
             continue
         if {frame.name for frame in site["cond_indep_stack"]} & data_plates:
             local[name] = site["fn"].event_shape.numel()
@@ -195,7 +253,7 @@ def discover(model, guide, x: torch.Tensor, names: tuple[str, str] = ("model", "
     # a guide's own (auxiliary) sites, as an autoguide's "mu_unconstrained": global outside the data plate
     global_ += [name for name, site in guide_trace.nodes.items() if site["type"] == "sample" and name not in samples
                 and not {frame.name for frame in site["cond_indep_stack"]} & data_plates]
-    return Sites(observed[0], local, tuple(global_))
+    return Sites(observed[0], local, tuple(global_), summed_out)
 
 
 def native(model, guide, sites: Sites) -> bool:
@@ -205,11 +263,13 @@ def native(model, guide, sites: Sites) -> bool:
             and not isinstance(model, pyro.nn.PyroModule) and not isinstance(guide, pyro.nn.PyroModule))
 
 
-def as_pair(model: Callable, guide: Callable, x: torch.Tensor) -> tuple[nn.Module, nn.Module]:
+def as_pair(model: Callable, guide: Callable, x: torch.Tensor,
+            fields: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, nn.Module]:
     """``model`` and ``guide`` as the toolkit trains and diagnoses them, their parameters created by
-    one run on rows of ``x``: a native pair as it is, any other as two ``Program`` objects sharing one
-    ``PairParams`` (the model's holds it). Raises ``IncompatiblePairError`` for a pair that is not
-    callable, observes nothing, leaves a latent unguided, or has no parameter to train."""
+    one run on rows of ``x`` (and of the data ``fields`` the pair takes, ``requested_fields``): a
+    native pair as it is, any other as two ``Program`` objects sharing one ``PairParams`` (the
+    model's holds it). Raises ``IncompatiblePairError`` for a pair that is not callable, observes
+    nothing, leaves a latent unguided, or has no parameter to train."""
     names = (describe(model) if callable(model) else repr(model), describe(guide) if callable(guide) else repr(guide))
     for role, fn, name in zip(("model", "guide"), (model, guide), names):
         if not callable(fn) or inspect.isclass(fn):
@@ -222,7 +282,8 @@ def as_pair(model: Callable, guide: Callable, x: torch.Tensor) -> tuple[nn.Modul
     params.eval()
     try:
         with preserved_rng(x.device):
-            sites = discover(model_program, guide_program, x, names=(f"model {names[0]}", f"guide {names[1]}"))
+            sites = discover(model_program, guide_program, x, names=(f"model {names[0]}", f"guide {names[1]}"),
+                             fields=fields)
     finally:
         for module, training in modes.items():
             module.train(training)

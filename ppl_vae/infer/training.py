@@ -28,7 +28,7 @@ from ppl_vae.infer.capture import TrainingLoss
 from ppl_vae.infer.config import TrainConfig
 from ppl_vae.infer.handlers import FreeBitsRelease, KLSchedule
 from ppl_vae.infer.nonfinite import EpochSnapshot, step_error, unexplained_error
-from ppl_vae.infer.pairs import Program, as_pair
+from ppl_vae.infer.pairs import Program, as_pair, requested_fields
 from ppl_vae.infer.random_state import preserved_rng, rng_state, set_rng_state
 from ppl_vae.io import load_tensors, save_tensors
 from ppl_vae.registry import ESTIMATORS
@@ -93,9 +93,17 @@ class Trainer:
         self.config = config = config or TrainConfig()
         self.device = resolve_device(device)
         _check_data(model, data)
-        model, guide = as_pair(model, guide, data.train_eval[:3])  # any pair SVI runs; its parameters made
+        #: the data fields the pair takes as keywords beside x (``Dataset.train_fields``), in the data's order
+        self.fields = requested_fields(model, guide, data.train_fields, f"data {data.name!r}")
+        # any pair SVI runs; its parameters made
+        model, guide = as_pair(model, guide, data.train_eval[:3], data.batch_fields(slice(3), self.fields))
         if isinstance(model, Program):
             model.data_size = len(data.train)  # the share of the global sites' KL in a minibatch
+            if model.sites.summed_out and config.estimator != "enum":
+                raise IncompatiblePairError(
+                    f"the model's discrete site(s) {', '.join(map(repr, model.sites.summed_out))} are marked for "
+                    f"enumeration and not sampled by the guide, which only estimator 'enum' sums out; estimator "
+                    f"{config.estimator!r} would score them as drawn from the prior: use estimator 'enum'")
             if model.global_sites and config.estimator == "iw":
                 raise IncompatiblePairError(
                     f"estimator 'iw' takes a log-mean-exp per datapoint, but the pair's latent site(s) "
@@ -112,7 +120,8 @@ class Trainer:
         gamma = (config.lr_final / config.lr) ** (1 / total) if config.lr_final else 1.0
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma)
         self.loss = TrainingLoss(self.loss_fn, config.capture, config.free_bits_sites, config.compile,
-                                 getattr(self.model, "global_sites", ()), len(self.data.train))
+                                 getattr(self.model, "global_sites", ()), len(self.data.train),
+                                 kl_weighted=config.estimator != "enum")  # enum: weight 1 (TrainConfig checks)
         self.kl_weight = torch.zeros((), device=self.device)  # inputs of the captured loss, set each step
         self.scale = torch.ones((), device=self.device, dtype=self.data.train.dtype)
         self.release = torch.ones((), device=self.device, dtype=self.data.train.dtype)
@@ -149,32 +158,38 @@ class Trainer:
         with corrupted_inputs(self.guide, self.config.input_noise, self.config.noise_level):
             for index in batches:
                 x = self.data.batch(index)
-                total += self._step(x, check) * len(x)
+                total += self._step(x, self.data.batch_fields(index, self.fields), check) * len(x)
         return total
 
-    def train_step(self, x: torch.Tensor) -> torch.Tensor:
+    def train_step(self, x: torch.Tensor, **fields: torch.Tensor) -> torch.Tensor:
         """One optimiser step on the batch ``x`` (moved to the training device), as ``SVI.step`` takes
         one: the KL weight, learning-rate schedule, input noise and gradient cap of the config apply.
         Returns the batch's training objective per example, a 0-dim tensor left on the device, so a
         loop of steps never waits for the GPU: read it (``.item()``, ``math.isfinite``) when needed.
+        ``fields``: the batch's rows of the data fields the pair takes (``self.fields``), by name.
 
         >>> for epoch in range(trainer.config.epochs):                       # doctest: +SKIP
         ...     order = torch.randperm(len(trainer.data.train), device=trainer.device)
         ...     for index in order.split(trainer.batch_size):
-        ...         loss = trainer.train_step(trainer.data.batch(index))  # batch() binarises where dynamic
+        ...         loss = trainer.train_step(trainer.data.batch(index),  # batch() binarises where dynamic
+        ...                                   **trainer.data.batch_fields(index, trainer.fields))
         """
-        x = x.to(self.device)
+        if set(fields) != set(self.fields):
+            raise ConfigError(f"train_step got the fields {sorted(fields)}, but the pair takes {list(self.fields)}: "
+                              "pass data.batch_fields(index, trainer.fields)")
+        x, fields = x.to(self.device), {k: v.to(self.device) for k, v in fields.items()}
         with corrupted_inputs(self.guide, self.config.input_noise, self.config.noise_level):
-            return self._step(x, check=False)
+            return self._step(x, fields, check=False)
 
-    def _step(self, x: torch.Tensor, check: bool) -> torch.Tensor:
-        """One optimiser step on batch ``x``; its training objective per example, on the device."""
+    def _step(self, x: torch.Tensor, fields: dict[str, torch.Tensor], check: bool) -> torch.Tensor:
+        """One optimiser step on batch ``x`` (and its ``fields``); its training objective per example, on the device."""
         self.kl_weight.fill_(self.kl_schedule(self.step))
         self.scale.fill_(1 / len(x))  # the objective per example
         self.release.fill_(self.free_bits_release(self.step))
-        loss = self.loss.loss_and_grads(x, self.kl_weight, self.scale, self.release)  # sets each parameter's .grad
+        # sets each parameter's .grad
+        loss = self.loss.loss_and_grads(x, self.kl_weight, self.scale, self.release, fields)
         if check and not torch.isfinite(loss):
-            raise step_error(self.model, self.guide, x, loss, self.step, self.epoch + 1)
+            raise step_error(self.model, self.guide, x, loss, self.step, self.epoch + 1, fields)
         if self.config.grad_clip:  # one outlier step cannot swamp Adam's second moment (no host read)
             torch.nn.utils.clip_grad_norm_(self.loss.trainable_tensors, self.config.grad_clip)
         self.optimizer.step()
@@ -207,8 +222,10 @@ class Trainer:
                        "lr": self.optimizer.param_groups[0]["lr"],
                        "train_objective": sum(self.unscored) / len(self.unscored)}
                 with preserved_rng(self.device):  # scoring draws z; training's random stream must not see it
-                    row |= {f"train_{k}": v for k, v in self.evaluate(self.data.train_eval[:TRAIN_EVAL_SIZE]).items()}
-                    row |= {f"test_{k}": v for k, v in self.evaluate(self.data.test_eval).items()}
+                    subset = slice(TRAIN_EVAL_SIZE)
+                    train = self.evaluate(self.data.train_eval[subset], self.data.batch_fields(subset, self.fields))
+                    test = self.evaluate(self.data.test_eval, self.data.batch_fields(slice(None), self.fields, "test"))
+                    row |= {f"train_{k}": v for k, v in train.items()} | {f"test_{k}": v for k, v in test.items()}
                 self.history.append(row)
                 self.unscored = []
                 bar.set_postfix(test_loss=f"{row['test_loss']:.2f}", recon=f"{row['test_recon']:.2f}",
@@ -225,9 +242,10 @@ class Trainer:
         or where the guide declares itself mean-field (the bundled ones do); else Monte Carlo."""
         return self.analytic_kl or getattr(self.guide, "mean_field", None) is True
 
-    def evaluate(self, data: torch.Tensor) -> dict:
-        """Negative ELBO and its terms on ``data`` (KL weight 1), nats per example, no optimiser step."""
-        return evaluate(self.model, self.guide, data, self.analytic_kl)
+    def evaluate(self, data: torch.Tensor, fields: dict[str, torch.Tensor] | None = None) -> dict:
+        """Negative ELBO and its terms on ``data`` (and its rows of the pair's ``fields``; KL weight 1),
+        nats per example, no optimiser step."""
+        return evaluate(self.model, self.guide, data, self.analytic_kl, fields=fields)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "guide": self.guide.state_dict(),

@@ -111,18 +111,23 @@ def parse_value(text: str) -> Any:
 
 
 def set_key(config: dict, dotted: str, value: Any) -> None:
+    """SECTION.KEY = value; or SECTION = an inline table, which replaces the whole section (another
+    data set for a study: ``data={name = "digits", binarize = "dynamic"}``)."""
     section, _, key = dotted.partition(".")
+    if section in SECTIONS and not key and isinstance(value, dict):
+        config[section] = dict(value)
+        return
     if section not in SECTIONS or not key:
         raise ConfigError(f"cannot set {dotted!r}: keys look like SECTION.KEY with SECTION one of "
-                          f"{', '.join(SECTIONS)}")
+                          f"{', '.join(SECTIONS)}, or SECTION={{KEY = VALUE, ...}} to replace a whole section")
     config.setdefault(section, {})[key] = value
 
 
 def override(config: dict, dotted: str, value: Any) -> None:
-    """``--set``: SECTION.KEY, or ``grid.AXIS`` to replace an axis's values (for named variants:
-    a list of the names to keep, e.g. ``grid.family=["dlgm"]``). SECTION.KEY also replaces the key
-    in every named variant that sets it: the command line wins over the file, so
-    ``--set train.epochs=400`` shortens every cell."""
+    """``--set``: SECTION.KEY, SECTION (an inline table: the whole section), or ``grid.AXIS`` to
+    replace an axis's values (for named variants: a list of the names to keep, e.g.
+    ``grid.family=["dlgm"]``). SECTION.KEY also replaces the key in every named variant that sets
+    it: the command line wins over the file, so ``--set train.epochs=400`` shortens every cell."""
     if not dotted.startswith("grid."):
         set_key(config, dotted, value)
         for variants in config.get("grid", {}).values():
