@@ -29,10 +29,6 @@ def test_the_docs_build_without_a_warning_and_document_every_exported_name(tmp_p
     assert not missing, f"exported but not in the API reference: {', '.join(missing)}"
 
 
-#: studies whose page shows no figure yet, and why
-NO_FIGURES = {"mnist-loglik": "it needs the MNIST files and a GPU, which the machine the docs were built on lacks"}
-
-
 @pytest.mark.parametrize("name", study.bundled())
 def test_every_study_has_a_page_with_its_table_figures_and_rerun_command(name):
     page = ROOT / "docs" / "studies" / f"{name}.md"
@@ -40,9 +36,6 @@ def test_every_study_has_a_page_with_its_table_figures_and_rerun_command(name):
     assert f"\n{name}\n" in (ROOT / "docs" / "studies" / "index.md").read_text()  # in the studies' toctree
     assert re.search(r"^\| .* \|$", text, re.M), "no measured table"
     assert re.search(rf"ppl-vae run {name}\b", text), "no command that reruns it"
-    if name in NO_FIGURES:
-        assert "None yet" in text
-        return
     figures = ROOT / "docs" / "studies" / "figures" / name / "figures.md"
     assert f"{{include}} figures/{name}/figures.md" in text and figures.is_file(), "run docs/figures.py " + name
     linked = re.findall(r"!\[[^\]]+\]\(([^)]+)\)", figures.read_text())
@@ -59,6 +52,6 @@ def test_the_figures_script_draws_every_study_that_has_figures():
     spec = importlib.util.spec_from_file_location("docs_figures", ROOT / "docs" / "figures.py")
     figures = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(figures)
-    assert set(figures.SIZES) == set(study.bundled()) - set(NO_FIGURES)
+    assert set(figures.SIZES) == set(study.bundled())
     with pytest.raises(SystemExit):
         figures.main(["no-such-study"])  # refused by name, before any run
