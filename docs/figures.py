@@ -1,6 +1,8 @@
 """Regenerate the figures the study pages show: run each bundled study at the size its page states
 into a scratch folder and copy the figures its ``report.md`` embeds into ``docs/studies/figures/NAME/``,
-with ``figures.md`` (those images and captions, and the command that made them) that the page includes.
+with ``figures.md`` (the command that made them, the report's first table and its checks, those images
+and captions)
+that the page includes.
 
     .venv/bin/python docs/figures.py [STUDY ...] [--jobs 2]
 
@@ -40,8 +42,11 @@ SIZES = {
     "anomaly": ("anomaly", ["grid.data.exclude_labels=[1,7,9]"], False,
                 "three of its ten cells, digits 1, 7 and 9 left out (all ten take 9 minutes on 2 cores)"),
     "overfit": ("overfit", [], False, "the full study"),
+    "semi-supervised": ("semi-supervised", [], False, "the full study"),
 }
 IMAGE = re.compile(r"!\[([^\]]+)\]\(([^)]+)\)\n\n\*[^*]+\*")
+TABLE = re.compile(r"^\|.*\|\n\|[-| :]+\|\n(?:\|.*\|\n)+", re.M)  # the report's first Markdown table
+CHECK = re.compile(r"^- (?:\[[x ]\] (?:PASS|FAIL)|observed):.*$", re.M)  # the report's checks and observations
 
 
 def regenerate(study: str, jobs: int) -> Path:
@@ -63,8 +68,12 @@ def regenerate(study: str, jobs: int) -> Path:
             shown += [f"![{caption}](figures/{study}/{Path(link).name})", "", f"*{caption}*", ""]
     command = " ".join(["ppl-vae run", experiment, *(f"--set '{o}'" for o in overrides),
                         *(["--quick"] if quick else []), f"--jobs {jobs}"])
+    table = TABLE.search(report)
     (target / "figures.md").write_text("\n".join([
-        f"Drawn by `docs/figures.py` from {size}: `{command}` ({minutes:.0f} min on this 2-core CPU).", "",
+        f"Drawn by `docs/figures.py` from {size}: `{command}` ({minutes:.0f} min on this 2-core CPU, "
+        f"{time.strftime('%Y-%m-%d')}).", "",
+        *(["The first table of that run's report:", "", table.group(0)] if table else []),
+        *(["Its checks:", "", *CHECK.findall(report), ""] if CHECK.search(report) else []),
         *shown]).rstrip() + "\n")
     return target
 

@@ -9,6 +9,7 @@ from ppl_vae.guides.encoders import (
                                     MeanFieldGuide,
                                     StructuredDLGMGuide,
 )
+from ppl_vae.guides.semi_supervised import SemiSupervisedGuide
 
 __all__ = ["AmortisedGuide", "MeanFieldGuide", "GaussianGuide", "BernoulliGuide", "DeltaGuide",
-           "StructuredDLGMGuide", "IAFGuide"]
+           "StructuredDLGMGuide", "IAFGuide", "SemiSupervisedGuide"]

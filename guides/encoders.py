@@ -209,7 +209,8 @@ def _base(support: constraints.Constraint) -> constraints.Constraint:
 
 
 def _name(support: constraints.Constraint) -> str:
-    return type(_base(support)).__name__.strip("_").lower()  # "real", "boolean", ...
+    name = type(_base(support)).__name__.strip("_").lower()  # "real", "boolean", "integerinterval", ...
+    return "integer" if name.startswith("integer") else name
 
 
 def _same_support(a: constraints.Constraint, b: constraints.Constraint) -> bool:

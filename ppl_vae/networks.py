@@ -123,6 +123,13 @@ class Decoder(nn.Module):
         return h.reshape(*batch, *self.data_shape)
 
 
+def joined(*parts: torch.Tensor) -> torch.Tensor:
+    """The tensors concatenated on their last dimension, their leading (batch, enumeration) dimensions
+    broadcast first: under parallel enumeration a class has a dimension of its own on the left."""
+    batch = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
+    return torch.cat([p.expand(*batch, p.shape[-1]) for p in parts], -1)
+
+
 class GaussianHead(nn.Module):
     """features -> (loc, scale) of a diagonal Gaussian. ``head = "scale"``: scale = softplus(.) +
     min_scale; ``"variance"``: scale = sqrt(softplus(.) + min_scale^2), the softplus giving the

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 from pyro import poutine
-from pyro.poutine.util import prune_subsample_sites
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 
 def observed_site(model) -> str:
@@ -49,10 +50,28 @@ def prior_sites(model, n: int = 1, device: str | torch.device | None = None, dra
     """
     device = model_device(model) if device is None else device
     placeholder = torch.zeros(n, *model.data_shape, device=device)  # the latents do not depend on x
-    held = {} if draw else {s: torch.zeros(n, d, device=device) for s, d in model.latent_dims.items()}
-    trace = prune_subsample_sites(poutine.trace(poutine.condition(model, held)).get_trace(placeholder))
+    program = model if draw else _HeldAtZero(device)(model)
+    trace = prune_subsample_sites(poutine.trace(program).get_trace(placeholder))
     return {name: site for name, site in trace.nodes.items() if site["type"] == "sample"
-            and (not site["is_observed"] or name in held) and name not in global_sites(model)}
+            and not site["is_observed"] and name not in global_sites(model)}
+
+
+class _HeldAtZero(Messenger):
+    """Every latent site takes the value 0 instead of a draw: an integer 0 where its values are
+    integers (a class), else a float 0 of the site's shape."""
+
+    def __init__(self, device: torch.device | str):
+        super().__init__()
+        self.device = device
+
+    def _pyro_sample(self, msg):
+        if not msg["is_observed"] and msg["value"] is None and not site_is_subsample(msg):
+            fn, support = msg["fn"], msg["fn"].support
+            while hasattr(support, "base_constraint"):  # constraints.independent(...)
+                support = support.base_constraint
+            integer = type(support).__name__.startswith("_Integer")
+            msg["value"] = torch.zeros(fn.batch_shape + fn.event_shape, device=self.device,
+                                       dtype=torch.long if integer else None)
 
 
 def prior_draws(model, n: int, device: str | torch.device | None = None) -> dict[str, torch.Tensor]:

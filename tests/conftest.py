@@ -26,6 +26,7 @@ MODEL_VARIANTS = [
     ("vae", {"prior": "bernoulli"}, (6,)),  # binary latent units: score-function gradients
     ("vae", {"network": "conv", "likelihood": "gaussian"}, (1, 8, 8)),
     ("dlgm", {}, (6,)),
+    ("m2", {"alpha": 1.0}, (6,)),  # a class observed where labelled, else a discrete latent (no labels here)
 ]
 assert {m for m, _, _ in MODEL_VARIANTS} == set(MODELS), "add new models to MODEL_VARIANTS"
 assert {kw.get("prior", "normal") for m, kw, _ in MODEL_VARIANTS if m == "vae"} == set(PRIORS), "add new priors"
@@ -44,6 +45,9 @@ ONE_LAYER = r"guide 'structured' needs a model with latent sites z1 and z2"
 REAL_LATENT = r"draws boolean values, but the model's latent site 'z\d?' is real: use guide 'gaussian'"
 BINARY_LATENT = r"draws real values, but the model's latent site 'z' is boolean: use guide 'bernoulli'$"
 
+M2_ONLY = r"guide 'm2' needs the M2 model .* use model 'm2'"
+CLASS_LATENT = r"draws real values, but the model's latent site 'y_unobserved' is integer: use guide 'm2'"
+
 #: (model variant id, guide name) -> the refusal building the guide raises
 GUIDE_REFUSALS = {
     ("vae", "bernoulli"): REAL_LATENT,
@@ -57,6 +61,10 @@ GUIDE_REFUSALS = {
     ("vae-conv-gaussian", "bernoulli"): REAL_LATENT,
     ("vae-conv-gaussian", "structured"): ONE_LAYER,
     ("dlgm", "bernoulli"): REAL_LATENT,
+    **{(variant, "m2"): M2_ONLY for variant in ("vae", "vae-mixture-gaussian-learned", "vae-bernoulli",
+                                                "vae-conv-gaussian", "dlgm")},
+    ("m2", "bernoulli"): REAL_LATENT,
+    **{("m2", guide): CLASS_LATENT for guide in ("delta", "gaussian", "iaf", "structured")},
 }
 
 #: (guide name, estimator name) -> the refusal the estimator raises on its first loss, wherever the guide builds
@@ -64,6 +72,8 @@ ESTIMATOR_REFUSALS = {
     ("structured", "analytic"): r"estimator 'analytic' is invalid for guide StructuredDLGMGuide: it is not mean-field",
     ("bernoulli", "analytic"): r"estimator 'analytic' needs a reparameterised guide",
     ("bernoulli", "iw"): r"importance-weighted bound's gradient needs reparameterised draws, but the guide's 'z'",
+    ("m2", "analytic"): r"estimator 'analytic' is invalid for guide SemiSupervisedGuide: it is not mean-field",
+    ("m2", "iw"): r"needs reparameterised draws, but the guide's 'y_unobserved' cannot be reparameterised",
 }
 
 

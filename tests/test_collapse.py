@@ -88,7 +88,9 @@ def test_every_family_gives_consistent_diagnostics(compatible_pair):
     assert info.mi >= -4 * info.mi_stderr  # I(x; z) >= 0, up to the estimate's Monte Carlo error
     assert 0 < info.mi_stderr < 1
     means = posterior_means(guide, x, num_samples=4)
-    assert {name: m.shape for name, m in means.items()} == {name: (40, d) for name, d in model.latent_dims.items()}
+    classes = {"y_unobserved": getattr(model, "classes", None)}  # a class site: its probabilities, one per class
+    assert {name: m.shape for name, m in means.items()} == {name: (40, classes.get(name) or d)
+                                                            for name, d in model.latent_dims.items()}
 
 
 class BinaryCode(nn.Module):

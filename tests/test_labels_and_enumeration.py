@@ -2,17 +2,20 @@
 labels kept per class, and the ``enum`` estimator, checked against closed forms and Pyro's own
 ``TraceEnum_ELBO``."""
 
+import math
 import warnings
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer import TraceEnum_ELBO
+from pyro.infer import TraceEnum_ELBO, config_enumerate
 from torch import nn
 
-from ppl_vae import ConfigError, IncompatiblePairError, TrainConfig, Trainer
+import ppl_vae
+from ppl_vae import GUIDES, MODELS, ConfigError, DiagnosticsConfig, IncompatiblePairError, TrainConfig, Trainer
 from ppl_vae.data.datasets import Dataset, digits, label_fields
+from ppl_vae.evaluation.collapse import posterior_means
 from ppl_vae.infer.capture import CaptureWarning
 from ppl_vae.infer.objectives import enum
 
@@ -91,7 +94,8 @@ def test_a_model_summing_out_c_trains_only_under_enum(recwarn):
     from the prior, and is refused by name."""
     mix = Mixture()
     g = torch.Generator().manual_seed(0)
-    x = torch.cat([torch.randn(300, generator=g) - 3, torch.randn(100, generator=g) + 3])[torch.randperm(400, generator=g)]
+    x = torch.cat([torch.randn(300, generator=g) - 3, torch.randn(100, generator=g) + 3])
+    x = x[torch.randperm(400, generator=g)]
     data = Dataset("two-gaussians", x[:360], x[360:])
     with pytest.raises(IncompatiblePairError, match=r"discrete site\(s\) 'c' are marked for enumeration .* use "
                                                      r"estimator 'enum'"):
@@ -114,11 +118,12 @@ def test_enum_refuses_a_kl_weight_and_free_bits():
 def test_labels_kept_are_balanced_by_class_reproducible_and_the_rest_hidden():
     data = digits(limit=400, labelled=100, seed=3)
     known, y = data.train_fields["labelled"], data.train_fields["y"]
-    assert int(known.sum()) == 100 and torch.equal(data.train_labels[known].bincount(minlength=10), torch.full((10,), 10))
+    assert int(known.sum()) == 100
+    assert torch.equal(data.train_labels[known].bincount(minlength=10), torch.full((10,), 10))
     assert torch.equal(y[known], data.train_labels[known]) and not y[~known].any()  # a hidden label reads as 0
     assert torch.equal(known, digits(limit=400, labelled=100, seed=3).train_fields["labelled"])
     assert not torch.equal(known, digits(limit=400, labelled=100, seed=4).train_fields["labelled"])
-    assert bool(data.test_fields["labelled"].all()) and torch.equal(data.test_fields["y"], data.test_labels)
+    assert not data.test_fields["labelled"].any() and torch.equal(data.test_fields["y"], data.test_labels)
     assert bool(digits(limit=64).train_fields["labelled"].all())  # by default every label is known
     for bad, message in ((15, "a multiple of the 10 classes"), (400, "needs 40 examples of class")):
         with pytest.raises(ConfigError, match=message):
@@ -179,3 +184,52 @@ def test_a_pair_asking_for_a_field_the_data_lack_is_refused_by_name():
         Trainer(cvae.model, cvae.guide, bare, device="cpu")
     with pytest.raises(IncompatiblePairError, match=r"the guide .* takes no 'y', which the other takes"):
         Trainer(cvae.model, cvae.guide_of_x_alone, data, device="cpu")
+
+
+def m2_batch(n=8):
+    """A tiny M2 pair and a batch whose first half is labelled."""
+    model = MODELS["m2"]((6,), latent_dim=2, hidden=[8], alpha=3.0)
+    x = torch.bernoulli(torch.full((n, 6), 0.5), generator=torch.Generator().manual_seed(0))
+    return model, GUIDES["m2"](model), x, torch.arange(n) % 10, torch.arange(n) < n // 2
+
+
+def test_enum_gives_pyros_trace_enum_elbo_on_the_m2_pair():
+    """Same loss and gradients as pyro.infer.TraceEnum_ELBO on a batch mixing labelled and unlabelled rows."""
+    model, guide, x, y, labelled = m2_batch()
+    params = list(dict.fromkeys([*model.parameters(), *guide.parameters()]))
+    pyro.set_rng_seed(1)
+    ours = enum()(model, guide)(x, y=y, labelled=labelled)
+    pyro.set_rng_seed(1)
+    pyros = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(model, config_enumerate(guide, "parallel"), x,
+                                                                    y=y, labelled=labelled)
+    assert ours.item() == pytest.approx(pyros.item(), rel=1e-6)
+    for a, b in zip(torch.autograd.grad(ours, params), torch.autograd.grad(pyros, params)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_m2s_classification_term_is_alpha_times_the_labelled_rows_log_q():
+    """J^alpha - J = alpha * sum over the labelled rows of -log q(y | x) (Kingma et al. 2014, Eq. 9)."""
+    model, guide, x, y, labelled = m2_batch()
+    losses = []
+    for alpha in (3.0, 0.0):
+        model.alpha = alpha
+        pyro.set_rng_seed(1)
+        losses.append(enum()(model, guide)(x, y=y, labelled=labelled).item())
+    log_q = torch.log_softmax(model.classifier(x), -1).gather(1, y[:, None]).squeeze(1)
+    assert losses[0] - losses[1] == pytest.approx(-3.0 * log_q[labelled].sum().item(), rel=1e-4)
+
+
+def test_the_collapse_diagnostics_read_a_class_site_as_its_probabilities():
+    """M2 fitted on digits with 50 labels: q(y | x) as a unit per class (probabilities summing to 1),
+    the importance-weighted log p(x) and I(x; z, y) finite, the class's KL part of the ELBO."""
+    data = digits(limit=128, labelled=50)
+    model = MODELS["m2"](data.data_shape, latent_dim=3, hidden=[16], alpha=2.0)
+    guide = GUIDES["m2"](model)
+    fit = ppl_vae.fit(model, guide, data, estimator="enum", epochs=1, batch_size=64, capture=False, device="cpu",
+                      diagnostics=DiagnosticsConfig(rows=16, iw_samples=30, mean_samples=4))
+    probs = posterior_means(guide, data.test_eval[:16])["y_unobserved"]
+    assert probs.shape == (16, 10) and torch.allclose(probs.sum(1), torch.ones(16))
+    found = fit.diagnostics
+    assert found["latent_dims"] == {"z": 3, "y_unobserved": 10} and found["kl_sites"]["y_unobserved"] > 0
+    assert all(math.isfinite(found[k]) for k in ("log_px_iw", "mi", "marginal_kl", "loss"))
+    assert fit.trainer.fields == ("y", "labelled")

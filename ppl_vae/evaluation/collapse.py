@@ -57,19 +57,30 @@ def posterior_means(guide, data: torch.Tensor, num_samples: int = 1, batch_size:
     means: dict[str, list[torch.Tensor]] = {}
     for x, sites in _guide_sites(guide, data, num_samples, batch_size):
         for name, site in sites.items():
-            try:
-                mean = site["fn"].mean
-            except NotImplementedError:
-                mean = site["value"]
-            mean = mean.expand(num_samples, len(x), *site["fn"].event_shape)
+            fn = site["fn"]
+            if _is_class(fn):  # a class: its probabilities, E_q[one_hot(y) | x], a unit per value
+                support = fn.enumerate_support(expand=False)  # [K, 1, ..., 1]
+                mean = fn.log_prob(support).exp().expand(len(support), num_samples, len(x)).permute(1, 2, 0)
+            else:
+                try:
+                    mean = fn.mean
+                except NotImplementedError:
+                    mean = site["value"]
+                mean = mean.expand(num_samples, len(x), *fn.event_shape)
             means.setdefault(name, []).append(mean.mean(0))
     return {name: torch.cat(parts) for name, parts in means.items()}
+
+
+def _is_class(fn) -> bool:
+    """A scalar discrete site with finite support (a class y): its draws are values, not vectors."""
+    return fn.has_enumerate_support and fn.event_shape == ()
 
 
 @torch.no_grad()
 def active_units(guide, data: torch.Tensor, num_samples: int = 1, threshold: float = ACTIVE_THRESHOLD) -> dict:
     """Active latent dimensions (Burda et al. 2016, Sec. 5.2): ``{"count": int, "sites": {site: int},
-    "variance": {site: [Cov_x(E_q[z_d | x]) per dimension]}}``."""
+    "variance": {site: [Cov_x(E_q[z_d | x]) per dimension]}}``; a class site counts a unit per class,
+    active where q(y = k | x) varies with x."""
     variance = {name: mean.var(0, unbiased=False) for name, mean in posterior_means(guide, data, num_samples).items()}
     sites = {name: int((v > threshold).sum()) for name, v in variance.items()}
     return {"count": sum(sites.values()), "sites": sites, "variance": {n: v.tolist() for n, v in variance.items()}}
@@ -90,16 +101,21 @@ def kl_holding_dims(kl_dims: list[float], share: float = 0.9) -> int:
     return len(ranked)
 
 
-def _log_q(guide, data: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
-    """log q(z_i | x_m) for draws ``values`` (``{site: [I, D]}``) against every datapoint: ``[I, M]``."""
-    conditioned = {name: v.unsqueeze(-2) for name, v in values.items()}  # [I, 1, D]: broadcasts over the data
+def _beside_the_data(values: dict[str, torch.Tensor], event_dims: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Each site's draws ``[I, *event]`` as ``[I, 1, *event]``, to broadcast over a batch of data."""
+    return {name: v.unsqueeze(v.dim() - event_dims[name]) for name, v in values.items()}
+
+
+def _log_q(guide, data: torch.Tensor, values: dict[str, torch.Tensor], event_dims: dict[str, int]) -> torch.Tensor:
+    """log q(z_i | x_m) for draws ``values`` (``{site: [I, *event]}``) against every datapoint: ``[I, M]``."""
+    conditioned = _beside_the_data(values, event_dims)  # [I, 1, *event]: broadcasts over the data
     sites = _latent_sites(poutine.trace(poutine.condition(guide, data=conditioned)).get_trace(data), values)
     return sum(site["fn"].log_prob(site["value"]) for site in sites.values())
 
 
-def _log_p(model, data: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
+def _log_p(model, data: torch.Tensor, values: dict[str, torch.Tensor], event_dims: dict[str, int]) -> torch.Tensor:
     """log p(z_i) under the model's prior over its latent sites, ``[I]``."""
-    conditioned = {name: v.unsqueeze(-2) for name, v in values.items()}
+    conditioned = _beside_the_data(values, event_dims)
     sites = _latent_sites(poutine.trace(poutine.condition(model, data=conditioned)).get_trace(data[:1]), values)
     return sum(site["fn"].log_prob(site["value"]) for site in sites.values()).reshape(-1)
 
@@ -127,16 +143,18 @@ def latent_information(model, guide, data: torch.Tensor, num_samples: int = 1,
     ((_, draws),) = _guide_sites(guide, data, num_samples, len(data))
     if not draws:  # no per-datapoint latent (a model of global latents alone): nothing to inform about x
         return LatentInformation(kl=0.0, mi=0.0, marginal_kl=0.0)
-    values = {name: site["value"].expand(num_samples, len(data), *site["fn"].event_shape).transpose(0, 1)
-              .reshape(len(data) * num_samples, -1) for name, site in draws.items()}  # [N * S, D], datapoint-major
+    shapes = {name: site["fn"].event_shape for name, site in draws.items()}  # () for a class
+    values = {name: site["value"].expand(num_samples, len(data), *shapes[name]).transpose(0, 1)
+              .reshape(len(data) * num_samples, *shapes[name]) for name, site in draws.items()}  # datapoint-major
+    event_dims = {name: len(shape) for name, shape in shapes.items()}
     owner = torch.arange(len(data), device=data.device).repeat_interleave(num_samples)
     own, aggregate, prior = [], [], []
     for start in range(0, len(owner), chunk_size):
         chunk = {name: v[start:start + chunk_size] for name, v in values.items()}
-        log_q = _log_q(guide, data, chunk)
+        log_q = _log_q(guide, data, chunk, event_dims)
         own.append(log_q.gather(1, owner[start:start + chunk_size, None]).squeeze(1))
         aggregate.append(log_q.logsumexp(1) - math.log(len(data)))
-        prior.append(_log_p(model, data, chunk))
+        prior.append(_log_p(model, data, chunk, event_dims))
     own, aggregate, prior = torch.cat(own), torch.cat(aggregate), torch.cat(prior)
     information = own - aggregate  # each term is at most log N; their mean, I(x; z), is >= 0 up to noise
     stderr = information.std().item() / math.sqrt(len(information)) if len(information) > 1 else 0.0

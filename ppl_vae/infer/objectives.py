@@ -7,8 +7,8 @@ over the batch) and whose ``parameters()`` are the pair's.
   that are not mean-field, where it would be wrong.
 - ``iw``: the importance-weighted bound of Burda et al. (2016), Eq. 8, with K particles,
   a log-mean-exp per datapoint.
-- ``enum``: the ELBO with the discrete sites marked for enumeration summed out exactly
-  (``TraceEnum_ELBO``'s semantics: parallel enumeration, the plate nesting found from the pair),
+- ``enum``: the ELBO with the guide's discrete sites, and the model's marked for enumeration, summed
+  out exactly (``TraceEnum_ELBO``'s semantics: parallel enumeration, the plate nesting found from the pair),
   as the semi-supervised VAE of Kingma et al. (2014), Eq. 7, sums over the classes of y.
 
 The loss never leaves the device: Pyro's ``Trace_ELBO.differentiable_loss`` reads each site's
@@ -32,7 +32,7 @@ import operator
 
 import torch
 from pyro.distributions.util import scale_and_mask
-from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.infer.trace_elbo import _compute_log_r
 from pyro.infer.traceenum_elbo import _compute_dice_elbo
 from pyro.infer.util import is_identically_zero
@@ -191,13 +191,13 @@ class _EnumerableSitesOnly(Messenger):
 
 
 class EnumeratedEstimator(DeviceELBO, TraceEnum_ELBO):
-    """-ELBO with every discrete site marked for enumeration (``infer={"enumerate": "parallel"}``, or
-    ``pyro.infer.config_enumerate``) summed out exactly, in the guide (E_q(y|x) as a weighted sum, as
-    Kingma et al. 2014, Eq. 7) or in the model (a mixture's assignment, marginalised); the other
-    sites are sampled, with Dice's score-function terms for those not reparameterisable
-    (Obermeyer et al. 2019). Pyro's ``TraceEnum_ELBO`` with parallel enumeration and
-    ``max_plate_nesting`` found from the pair on its first call, less its NaN hook on the loss (a
-    host read every step).
+    """-ELBO with discrete sites summed out exactly: every discrete site of the guide with finite support
+    (``config_enumerate(guide, "parallel")``: E_q(y|x) as a weighted sum, Kingma et al. 2014, Eq. 7;
+    a site the pair marks ``infer={"enumerate": None}`` is drawn instead) and the model's sites
+    marked for enumeration (a mixture's assignment, marginalised); the other sites are sampled,
+    with Dice's score-function terms for those not reparameterisable (Obermeyer et al. 2019).
+    Pyro's ``TraceEnum_ELBO`` with parallel enumeration and ``max_plate_nesting`` found from the
+    pair on its first call, less its NaN hook on the loss (a host read every step).
     """
 
     #: why ``capture.TrainingLoss`` runs this estimator eagerly rather than tracing it
@@ -223,7 +223,8 @@ class EnumeratedEstimator(DeviceELBO, TraceEnum_ELBO):
 
     def _get_traces(self, model, guide, args, kwargs):
         check = _EnumerableSitesOnly()
-        yield from super()._get_traces(check(model), check(guide), args, kwargs)
+        # the guide's discrete sites summed out, as config_enumerate marks them, unless the pair says otherwise
+        yield from super()._get_traces(check(model), check(config_enumerate(guide, "parallel")), args, kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         particles = [_compute_dice_elbo(m, g) for m, g in self._get_traces(model, guide, args, kwargs)]
