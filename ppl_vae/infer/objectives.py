@@ -255,7 +255,7 @@ def iw(num_particles: int = 5, free_bits: float = 0.0) -> ELBO:
 
 @ESTIMATORS.register("enum")
 def enum(num_particles: int = 1, free_bits: float = 0.0) -> ELBO:
-    """ELBO with the discrete sites marked for enumeration summed out exactly (TraceEnum_ELBO's)."""
+    """ELBO with the guide's discrete sites, and the model's marked for enumeration, summed out exactly."""
     if free_bits:
         raise ConfigError("free bits floor a reparameterised KL, and estimator 'enum' sums discrete sites out: "
                           "set free_bits = 0, or use estimator 'mc' or 'analytic' for a pair without discrete sites")
