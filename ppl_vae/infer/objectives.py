@@ -200,6 +200,9 @@ class EnumeratedEstimator(DeviceELBO, TraceEnum_ELBO):
     pair on its first call, less its NaN hook on the loss (a host read every step).
     """
 
+    #: every site that depends on an enumerated one must share one scale, read as a number: the trainer
+    #: applies no KL weight (``TrainConfig`` refuses one other than 1)
+    takes_kl_weight = False
     #: why ``capture.TrainingLoss`` runs this estimator eagerly rather than tracing it
     capture_refusal = ("estimator 'enum' runs eagerly: Pyro's TraceEnum_ELBO weighs each cost by its enumerated "
                        "probability and branches on whether all of them are positive, a branch on values that a "
