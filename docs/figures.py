@@ -43,6 +43,7 @@ SIZES = {
                 "three of its ten cells, digits 1, 7 and 9 left out (all ten take 9 minutes on 2 cores)"),
     "overfit": ("overfit", [], False, "the full study"),
     "semi-supervised": ("semi-supervised", [], False, "the full study"),
+    "cvae-quadrants": ("cvae-quadrants", [], False, "the full study"),
 }
 IMAGE = re.compile(r"!\[([^\]]+)\]\(([^)]+)\)\n\n\*[^*]+\*")
 TABLE = re.compile(r"^\|.*\|\n\|[-| :]+\|\n(?:\|.*\|\n)+", re.M)  # the report's first Markdown table

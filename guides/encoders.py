@@ -60,7 +60,7 @@ class AmortisedGuide(nn.Module):
     def site_distribution(self, site: str, h: torch.Tensor) -> dist.Distribution:
         raise NotImplementedError
 
-    def forward(self, x):
+    def forward(self, x, **fields):  # q(z | x) reads x alone: the fields a conditional model takes pass by
         h = self.encoder(x)
         with pyro.plate("data", x.shape[0]):
             for site in self.latent_dims:
@@ -150,7 +150,7 @@ class StructuredDLGMGuide(AmortisedGuide):
         self.q_z2 = nn.Sequential(mlp([z1, *top], final_activation=True, activation=self.activation),
                                   GaussianHead(top[-1], z2, head=self.head_kind))
 
-    def forward(self, x):
+    def forward(self, x, **fields):
         h = self.encoder(x)
         with pyro.plate("data", x.shape[0]):
             z1 = pyro.sample("z1", dist.Normal(*self.q_z1(h)).to_event(1))

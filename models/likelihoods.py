@@ -67,3 +67,9 @@ LIKELIHOODS = {
     "gaussian": lambda scale: Gaussian(scale, learn_scale=False),
     "gaussian-learned": lambda scale: Gaussian(scale, learn_scale=True),
 }
+
+
+def masked_pixels(likelihood: dist.Independent, mask: torch.Tensor) -> dist.Distribution:
+    """``likelihood`` (a distribution with ``to_event`` over the data's dimensions) scoring only the
+    pixels where ``mask`` is True: log p sums over those alone, the others count 0."""
+    return likelihood.base_dist.mask(mask).to_event(likelihood.reinterpreted_batch_ndims)

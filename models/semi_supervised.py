@@ -17,6 +17,7 @@ from pyro import poutine
 from torch import nn
 
 from ppl_vae.data.datasets import batch_labels
+from ppl_vae.errors import ConfigError
 from ppl_vae.models.likelihoods import LIKELIHOODS
 from ppl_vae.models.priors import StandardNormal
 from ppl_vae.models.vae import Likelihood
@@ -43,6 +44,17 @@ class SemiSupervisedVAE(nn.Module):
         self.data_shape, self.classes, self.alpha = tuple(data_shape), classes, alpha
         self.network_config = network_config or NetworkConfig()
         self.latent_dims = {"z": prior().event_shape[0], "y_unobserved": 1}
+
+    def check_fields(self, fields: dict, where: str) -> None:
+        """Refuse a known label outside the classes 0 .. classes - 1 (``ConfigError``, naming the fix)."""
+        if "y" not in fields:
+            return
+        y = fields["y"][fields["labelled"].bool()] if "labelled" in fields else fields["y"]
+        outside = y[(y < 0) | (y >= self.classes)]
+        if len(outside):
+            raise ConfigError(f"{where} has the label {int(outside[0])} (and {len(outside) - 1} more outside the "
+                              f"classes 0 .. {self.classes - 1}): set [model] classes = {int(y.max()) + 1} if the "
+                              "data have that many classes, or fix the labels")
 
     def forward(self, x, y=None, labelled=None):
         y, labelled = batch_labels(x, y, labelled)

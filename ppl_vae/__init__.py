@@ -8,7 +8,7 @@ cell back, ``diagnose`` measures posterior collapse for any pair. The subpackage
 >>> import ppl_vae
 >>> from ppl_vae.models import GaussianVAE
 >>> sorted(ppl_vae.MODELS), sorted(ppl_vae.GUIDES)
-(['dlgm', 'm2', 'vae'], ['bernoulli', 'delta', 'gaussian', 'iaf', 'm2', 'structured'])
+(['cvae', 'dlgm', 'm2', 'vae'], ['bernoulli', 'delta', 'gaussian', 'iaf', 'm2', 'structured'])
 >>> sorted(ppl_vae.ESTIMATORS)
 ['analytic', 'enum', 'iw', 'mc']
 """

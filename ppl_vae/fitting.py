@@ -107,5 +107,6 @@ def fit(model, guide, data: Dataset | torch.Tensor, *, held_out: float | None = 
                       progress)
     history = trainer.fit()
     found = {} if diagnostics is None else diagnose(trainer.model, trainer.guide, trainer.data.test_eval,
-                                                    diagnostics, trainer.diagnose_kl_in_closed_form)
+                                                    diagnostics, trainer.diagnose_kl_in_closed_form,
+                                                    trainer.test_fields)
     return Fit(trainer.model, trainer.guide, history, found, trainer.data, trainer)

@@ -27,6 +27,7 @@ MODEL_VARIANTS = [
     ("vae", {"network": "conv", "likelihood": "gaussian"}, (1, 8, 8)),
     ("dlgm", {}, (6,)),
     ("m2", {"alpha": 1.0}, (6,)),  # a class observed where labelled, else a discrete latent (no labels here)
+    ("cvae", {}, (6,)),  # a prior network on the visible pixels (none visible here)
 ]
 assert {m for m, _, _ in MODEL_VARIANTS} == set(MODELS), "add new models to MODEL_VARIANTS"
 assert {kw.get("prior", "normal") for m, kw, _ in MODEL_VARIANTS if m == "vae"} == set(PRIORS), "add new priors"
@@ -61,8 +62,10 @@ GUIDE_REFUSALS = {
     ("vae-conv-gaussian", "bernoulli"): REAL_LATENT,
     ("vae-conv-gaussian", "structured"): ONE_LAYER,
     ("dlgm", "bernoulli"): REAL_LATENT,
+    ("cvae", "bernoulli"): REAL_LATENT,
+    ("cvae", "structured"): ONE_LAYER,
     **{(variant, "m2"): M2_ONLY for variant in ("vae", "vae-mixture-gaussian-learned", "vae-bernoulli",
-                                                "vae-conv-gaussian", "dlgm")},
+                                                "vae-conv-gaussian", "dlgm", "cvae")},
     ("m2", "bernoulli"): REAL_LATENT,
     **{("m2", guide): CLASS_LATENT for guide in ("delta", "gaussian", "iaf", "structured")},
 }

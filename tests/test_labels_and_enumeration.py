@@ -233,3 +233,14 @@ def test_the_collapse_diagnostics_read_a_class_site_as_its_probabilities():
     assert found["latent_dims"] == {"z": 3, "y_unobserved": 10} and found["kl_sites"]["y_unobserved"] > 0
     assert all(math.isfinite(found[k]) for k in ("log_px_iw", "mi", "marginal_kl", "loss"))
     assert fit.trainer.fields == ("y", "labelled")
+
+
+def test_a_label_outside_the_classes_is_refused_by_name():
+    data = digits(limit=40)
+    data.train_fields["y"][0], data.train_fields["labelled"][0] = 12, True
+    model = MODELS["m2"](data.data_shape, latent_dim=2, hidden=[8])
+    with pytest.raises(ConfigError, match=r"the train split of data 'digits' has the label 12 \(and 0 more outside "
+                                          r"the classes 0 \.\. 9\): set \[model\] classes = 13"):
+        Trainer(model, GUIDES["m2"](model), data, device="cpu")
+    data.train_fields["labelled"][0] = False  # a hidden label is never read
+    Trainer(model, GUIDES["m2"](model), data, device="cpu")

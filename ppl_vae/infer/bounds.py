@@ -10,6 +10,7 @@ Gaussians, point masses); their sum is the site's KL.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,7 @@ from pyro.distributions import Independent
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
-from ppl_vae.errors import IncompatiblePairError
+from ppl_vae.errors import ConfigError, IncompatiblePairError
 from ppl_vae.tracing import global_sites, observed_site, trace_pair
 
 
@@ -172,9 +173,26 @@ def log_importance_weights(model, guide, *args, num_samples: int, reparameterise
 
     :param reparameterised: refuse a guide with a latent that is not reparameterisable, whose
         gradient through these weights would miss its score-function term.
+
+    The draws are one vectorised run under a ``"particles"`` plate; a pair whose code does not
+    broadcast over that dimension (Pyro's CVAE example indexes its pixels with a boolean mask) is
+    run once per draw instead, with a ``RuntimeWarning`` that says so.
     """
-    with pyro.plate("particles", num_samples, dim=-2):
-        model_trace, guide_trace = trace_pair(model, guide, *args, **kwargs)
+    try:
+        with pyro.plate("particles", num_samples, dim=-2):
+            return _log_weights(model, guide, args, kwargs, reparameterised)
+    except (RuntimeError, IndexError, ValueError) as error:
+        if num_samples == 1 or isinstance(error, ConfigError):
+            raise
+        warnings.warn(f"the pair does not run on {num_samples} draws at once ({type(error).__name__}: "
+                      f"{str(error).splitlines()[0]}): drawing them one at a time, {num_samples} runs per batch",
+                      RuntimeWarning, stacklevel=2)
+        return torch.stack([_log_weights(model, guide, args, kwargs, reparameterised) for _ in range(num_samples)])
+
+
+def _log_weights(model, guide, args, kwargs, reparameterised: bool) -> torch.Tensor:
+    """log p(x, z) - log q(z | x) of one run of the pair (see ``log_importance_weights``)."""
+    model_trace, guide_trace = trace_pair(model, guide, *args, **kwargs)
     discrete = [n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and not s["fn"].has_rsample]
     if reparameterised and discrete:
         raise IncompatiblePairError(
@@ -222,7 +240,8 @@ class ImportanceEstimate:
 
 @torch.no_grad()
 def importance_log_likelihood(model, guide, data: torch.Tensor, num_samples: int = 5000, chunk_size: int = 250,
-                              batch_size: int = 100, khat: bool = False, progress: bool = False) -> ImportanceEstimate:
+                              batch_size: int = 100, khat: bool = False, progress: bool = False,
+                              fields: dict[str, torch.Tensor] | None = None) -> ImportanceEstimate:
     """log p(x) ~ log (1/K) sum_k p(x, z_k) / q(z_k | x), z_k ~ q(z | x), per datapoint: the IWAE
     bound of Burda et al. (2016), Eq. 8, which rises to log p(x) as K grows (their Theorem 1).
 
@@ -233,18 +252,25 @@ def importance_log_likelihood(model, guide, data: torch.Tensor, num_samples: int
     :param chunk_size: samples drawn at once per datapoint.
     :param batch_size: datapoints scored at once.
     :param khat: also give the PSIS k-hat per datapoint (keeps K x ``batch_size`` weights at a time).
+    :param fields: ``data``'s rows of the data fields the pair takes as keywords: for a conditional
+        model (a prior on the visible pixels, a likelihood of the hidden ones) this is the conditional
+        log p(x_hidden | x_visible), the importance-sampled CLL of Sohn et al. (2015).
     """
     if min(num_samples, chunk_size, batch_size) < 1:
         raise ValueError(f"num_samples, chunk_size and batch_size must be >= 1, got "
                          f"{num_samples}, {chunk_size}, {batch_size}")
     chunks = [min(chunk_size, num_samples - start) for start in range(0, num_samples, chunk_size)]
     log_px, elbo, khats = [], [], []
-    for x in tqdm(data.split(batch_size), desc="log p(x)", disable=not progress, leave=False):
+    fields = fields or {}
+    batches = zip(data.split(batch_size), *[t.split(batch_size) for t in fields.values()])
+    for x, *field_rows in tqdm(batches, desc="log p(x)", total=-(-len(data) // batch_size), disable=not progress,
+                               leave=False):
+        keywords = dict(zip(fields, field_rows))
         log_sum = torch.full((len(x),), -math.inf, device=x.device)
         total = torch.zeros(len(x), device=x.device)
         kept = []
         for k in chunks:
-            log_w = log_importance_weights(model, guide, x, num_samples=k)
+            log_w = log_importance_weights(model, guide, x, num_samples=k, **keywords)
             log_sum = torch.logaddexp(log_sum, log_w.logsumexp(0))
             total += log_w.sum(0)
             if khat:

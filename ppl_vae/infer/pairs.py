@@ -75,7 +75,8 @@ def owners(fn: Callable) -> list[nn.Module]:
 
 def _parameters(fn: Callable) -> list[inspect.Parameter] | None:
     """The parameters after the data ``x`` of a model or guide callable (an ``nn.Module``'s ``forward``);
-    None where it takes ``**kwargs`` (any field)."""
+    None where it takes ``**kwargs``: it accepts any field and asks for none (an autoguide, a guide of x
+    alone beside a conditional model)."""
     target = fn.forward if isinstance(fn, nn.Module) else fn
     try:
         params = list(inspect.signature(target).parameters.values())
@@ -95,7 +96,7 @@ def requested_fields(model: Callable, guide: Callable, available, data: str = "t
     found = {}
     for role, fn in (("model", model), ("guide", guide)):
         params = _parameters(fn)
-        found[role] = set(available) if params is None else {p.name for p in params if p.name in available}
+        found[role] = {p.name for p in params or () if p.name in available}
         missing = [p.name for p in params or () if p.default is p.empty and p.name not in available]
         if missing:
             raise ConfigError(
@@ -113,6 +114,12 @@ def requested_fields(model: Callable, guide: Callable, available, data: str = "t
                 f"SVI calls model and guide with the same arguments, so give the {role} that parameter "
                 f"(e.g. {refused[0]}=None)")
     return tuple(name for name in available if name in names)
+
+
+def accepted_fields(fn: Callable, names) -> tuple[str, ...]:
+    """Those of the field ``names`` that ``fn`` can be called with as keywords (all, for ``**kwargs``)."""
+    params = _parameters(fn)
+    return tuple(names) if params is None else tuple(name for name in names if name in {p.name for p in params})
 
 
 class PairParams(nn.Module):
@@ -216,7 +223,7 @@ def discover(model, guide, x: torch.Tensor, names: tuple[str, str] = ("model", "
     batches = [x[:rows] for rows in (2, 3)]
     traces = [trace_pair(model, guide, batch, **{k: v[:len(batch)] for k, v in fields.items()}) for batch in batches]
     data_plates = set.intersection(*[{frame.name for site in trace.nodes.values() if site["type"] == "sample"
-                                      for frame in site["cond_indep_stack"] if frame.size == rows}
+                                      for frame in site["cond_indep_stack"] if _plate_size(frame, site) == rows}
                                      for (trace, _), rows in zip(traces, (2, 3))])
     model_trace, guide_trace = traces[1]
     samples = {name: site for name, site in model_trace.nodes.items() if site["type"] == "sample"
@@ -254,6 +261,15 @@ def discover(model, guide, x: torch.Tensor, names: tuple[str, str] = ("model", "
     global_ += [name for name, site in guide_trace.nodes.items() if site["type"] == "sample" and name not in samples
                 and not {frame.name for frame in site["cond_indep_stack"]} & data_plates]
     return Sites(observed[0], local, tuple(global_), summed_out)
+
+
+def _plate_size(frame, site: dict) -> int:
+    """A plate's size at ``site``: its own, or for a plate sized by broadcasting (``pyro.plate("data")``
+    with no size, as Pyro's tutorials write it) the size of the site's batch at the plate's dimension."""
+    if frame.size != -1:
+        return frame.size
+    shape = site["fn"].batch_shape
+    return shape[frame.dim] if len(shape) >= -frame.dim else 1
 
 
 def native(model, guide, sites: Sites) -> bool:

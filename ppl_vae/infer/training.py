@@ -224,7 +224,7 @@ class Trainer:
                 with preserved_rng(self.device):  # scoring draws z; training's random stream must not see it
                     subset = slice(TRAIN_EVAL_SIZE)
                     train = self.evaluate(self.data.train_eval[subset], self.data.batch_fields(subset, self.fields))
-                    test = self.evaluate(self.data.test_eval, self.data.batch_fields(slice(None), self.fields, "test"))
+                    test = self.evaluate(self.data.test_eval, self.test_fields)
                     row |= {f"train_{k}": v for k, v in train.items()} | {f"test_{k}": v for k, v in test.items()}
                 self.history.append(row)
                 self.unscored = []
@@ -241,6 +241,11 @@ class Trainer:
         """Whether the end-of-run diagnostics may take closed-form KLs: under the ``analytic`` estimator,
         or where the guide declares itself mean-field (the bundled ones do); else Monte Carlo."""
         return self.analytic_kl or getattr(self.guide, "mean_field", None) is True
+
+    @property
+    def test_fields(self) -> dict[str, torch.Tensor]:
+        """The held-out rows of the data fields the pair takes (``fields``), by name."""
+        return self.data.batch_fields(slice(None), self.fields, "test")
 
     def evaluate(self, data: torch.Tensor, fields: dict[str, torch.Tensor] | None = None) -> dict:
         """Negative ELBO and its terms on ``data`` (and its rows of the pair's ``fields``; KL weight 1),
@@ -272,8 +277,14 @@ class Trainer:
 
 def _check_data(model, data) -> None:
     """Refuse data the model's likelihood cannot score: a Bernoulli likelihood (``needs_binary_data``)
-    needs binary data (``data.binarize`` or 0/1 values), or its nats are not those of the literature."""
+    needs binary data (``data.binarize`` or 0/1 values), or its nats are not those of the literature;
+    and data fields the model's own ``check_fields`` refuses (labels outside its classes), once here
+    rather than in every step."""
     if getattr(getattr(model, "likelihood", None), "needs_binary_data", False) and not data.is_binary:
         raise ConfigError(f"a Bernoulli likelihood needs binary data, but {data.name!r} is not binary: "
                           "set data.binarize = \"dynamic\" or \"static\" (fit: binarize=\"dynamic\"), or use a "
                           "Gaussian likelihood")
+    check_fields = getattr(model, "check_fields", None)
+    if callable(check_fields):
+        for split in ("train", "test"):
+            check_fields(getattr(data, f"{split}_fields"), f"the {split} split of data {data.name!r}")

@@ -177,7 +177,7 @@ def _run_cell(task: CellTask) -> dict:
         if len(data.data_shape) == 3:  # on the training device
             image_figures(model, guide, trainer.data.test_eval[:8], figures, tensorboard, trainer.epoch)
     found = collapse.diagnose(model, guide, trainer.data.test_eval, diagnostics_config(config),
-                              trainer.diagnose_kl_in_closed_form)
+                              trainer.diagnose_kl_in_closed_form, trainer.test_fields)
     panels = collapse.aggregate_posterior_panels(model, guide, trainer.data, FIGURE_ROWS, FIGURE_SAMPLES)
     if panels:  # only 1-D and 2-D latent sites can be drawn
         plots.aggregate_posterior(panels, figures / "aggregate_posterior.png")
@@ -185,7 +185,8 @@ def _run_cell(task: CellTask) -> dict:
     measured = measure(model, guide, trainer.data, config) if measure else {}
     summary = {
         "experiment": task.experiment, "cell": task.cell.name, "data": data.name, "model": config["model"]["name"],
-        "guide": config["guide"]["name"], "estimator": train.estimator, "seed": train.seed, "epochs": trainer.epoch,
+        "guide": config["guide"]["name"], "fields": list(trainer.fields), "estimator": train.estimator,
+        "seed": train.seed, "epochs": trainer.epoch,
         "train_loss": last["train_loss"], "test_loss": last["test_loss"],
         **{k: v for k, v in found.items() if k not in ("rows",)},
         "diagnostics_rows": found["rows"], **measured, "seconds": round(time.time() - start, 2),

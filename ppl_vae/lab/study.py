@@ -93,6 +93,14 @@ def best_per_cell(rows: list[dict], keys: tuple[str, ...], score: str = "loss") 
     return best
 
 
+def by_axis(rows: list[dict], axis: str) -> dict[str, list[dict]]:
+    """The rows grouped by their value on the grid axis ``axis`` (as text), in the rows' order."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(str(row[axis]), []).append(row)
+    return groups
+
+
 def mean_sd(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     """``mean +- sd`` of ``values`` (over seeds) times ``scale``; the mean alone for one value, blank for none."""
     if not values:

@@ -20,7 +20,7 @@ from sklearn.neural_network import MLPClassifier
 
 from ppl_vae.evaluation.collapse import posterior_means
 from ppl_vae.lab import cell
-from ppl_vae.lab.study import Study, figure, margin_line, mean_sd
+from ppl_vae.lab.study import Study, by_axis, figure, margin_line, mean_sd
 from ppl_vae.tracing import decode
 from ppl_vae.viz import plots
 
@@ -61,9 +61,7 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
     """Held-out error by number of labels, M2 beside the labelled-only classifier and the paper's M2
     (mean +- sd over seeds), the analogies figure, and the check that M2 beats the baseline on every
     seed at the fewest labels."""
-    groups: dict[str, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(str(row["labels"]), []).append(row)
+    groups = by_axis(rows, "labels")
     order = sorted(groups, key=_order)
     lines = ["# Semi-supervised learning with M2", "",
              "Held-out error (%) of argmax_y q(y | x) on the embedded digits' held-out split, mean +- sd over seeds; "
