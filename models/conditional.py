@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ppl_vae.models.likelihoods import LIKELIHOODS, masked_pixels
-from ppl_vae.models.vae import Likelihood
+from ppl_vae.models.vae import Factorised
 from ppl_vae.networks import Activation, Decoder, Encoder, GaussianHead, Network, NetworkConfig, joined
 from ppl_vae.registry import MODELS
 
@@ -63,7 +63,7 @@ class ConditionalVAE(nn.Module):
 
 @MODELS.register("cvae")
 def cvae(data_shape: tuple[int, ...], latent_dim: int = 200, hidden: list[int] = (500, 500), network: Network = "mlp",
-         likelihood: Likelihood = "bernoulli", likelihood_scale: float = 0.1,
+         likelihood: Factorised = "bernoulli", likelihood_scale: float = 0.1,
          activation: Activation = "relu", decoder_reads_visible: bool = True) -> ConditionalVAE:
     """The CVAE with ``latent_dim`` units and networks of widths ``hidden`` (Pyro's CVAE example: 200
     units, two hidden layers of 500), its prior network an encoder of the same widths whose features

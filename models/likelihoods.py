@@ -14,6 +14,8 @@ from torch import nn
 from torch.distributions.utils import _sum_rightmost, broadcast_all
 from torch.nn import functional as F
 
+from ppl_vae.errors import ConfigError
+
 
 class FactorisedBernoulli(dist.Independent):
     """``Bernoulli(logits).to_event(n)`` whose ``log_prob`` sums the per-pixel cross-entropy
@@ -73,3 +75,20 @@ def masked_pixels(likelihood: dist.Independent, mask: torch.Tensor) -> dist.Dist
     """``likelihood`` (a distribution with ``to_event`` over the data's dimensions) scoring only the
     pixels where ``mask`` is True: log p sums over those alone, the others count 0."""
     return likelihood.base_dist.mask(mask).to_event(likelihood.reinterpreted_batch_ndims)
+
+
+#: how far back an autoregressive likelihood reads by default (a 7 x 7 causal neighbourhood on images)
+DEFAULT_WINDOW = 3
+
+
+def make_likelihood(name: str, data_shape: tuple[int, ...], scale: float = 0.1, window: int | None = None) -> nn.Module:
+    """The likelihood module ``name``: one of ``LIKELIHOODS`` (``scale`` for the Gaussian ones), or
+    ``"bernoulli-autoregressive"``, whose decoder reads ``window`` dimensions back (``models.autoregressive``)."""
+    if name == "bernoulli-autoregressive":
+        from ppl_vae.models.autoregressive import AutoregressiveBernoulliLikelihood
+
+        return AutoregressiveBernoulliLikelihood(data_shape, DEFAULT_WINDOW if window is None else window)
+    if window is not None:
+        raise ConfigError(f"window = {window} applies to likelihood 'bernoulli-autoregressive' only, not {name!r}: "
+                          "drop it, or set likelihood = \"bernoulli-autoregressive\"")
+    return LIKELIHOODS[name](scale)

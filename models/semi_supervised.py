@@ -20,7 +20,7 @@ from ppl_vae.data.datasets import batch_labels
 from ppl_vae.errors import ConfigError
 from ppl_vae.models.likelihoods import LIKELIHOODS
 from ppl_vae.models.priors import StandardNormal
-from ppl_vae.models.vae import Likelihood
+from ppl_vae.models.vae import Factorised
 from ppl_vae.networks import Activation, Decoder, Encoder, Network, NetworkConfig, joined
 from ppl_vae.registry import MODELS
 
@@ -72,7 +72,7 @@ class SemiSupervisedVAE(nn.Module):
 
 @MODELS.register("m2")
 def m2(data_shape: tuple[int, ...], latent_dim: int = 50, hidden: list[int] = (500,), classes: int = 10,
-       alpha: float = 0.0, network: Network = "mlp", likelihood: Likelihood = "bernoulli",
+       alpha: float = 0.0, network: Network = "mlp", likelihood: Factorised = "bernoulli",
        likelihood_scale: float = 0.1, activation: Activation = "relu") -> SemiSupervisedVAE:
     """M2 with ``latent_dim`` style units and networks of widths ``hidden`` (Kingma et al. 2014, Sec. 4.2:
     z of 50, one hidden layer of 500 units), the classifier q(y | x) an encoder of the same widths."""

@@ -19,13 +19,15 @@ import pyro
 import pyro.distributions as dist
 from torch import nn
 
-from ppl_vae.models.likelihoods import LIKELIHOODS
+from ppl_vae.models.likelihoods import make_likelihood
 from ppl_vae.models.priors import PRIORS, StandardNormal
 from ppl_vae.networks import Activation, Decoder, GaussianHead, Head, Network, NetworkConfig, mlp
 from ppl_vae.registry import MODELS
 
 Prior = Literal["normal", "mixture", "bernoulli"]
-Likelihood = Literal["bernoulli", "gaussian", "gaussian-learned"]
+#: likelihoods factorised given z (any model), and with them the autoregressive one (``models.autoregressive``)
+Factorised = Literal["bernoulli", "gaussian", "gaussian-learned"]
+Likelihood = Literal["bernoulli", "gaussian", "gaussian-learned", "bernoulli-autoregressive"]
 
 
 class GaussianVAE(nn.Module):
@@ -84,13 +86,15 @@ class DLGM(nn.Module):
 def vae(data_shape: tuple[int, ...], latent_dim: int = 32, hidden: list[int] = (512, 256),
         network: Network = "mlp", prior: Prior = "normal", components: int = 10,
         likelihood: Likelihood = "bernoulli", likelihood_scale: float = 0.1,
-        activation: Activation = "relu", head: Head = "scale") -> GaussianVAE:
-    """A GaussianVAE; ``components`` applies to the mixture prior, ``likelihood_scale`` to Gaussian likelihoods.
+        activation: Activation = "relu", head: Head = "scale", window: int | None = None) -> GaussianVAE:
+    """A GaussianVAE; ``components`` applies to the mixture prior, ``likelihood_scale`` to Gaussian likelihoods,
+    ``window`` to the autoregressive one (dimensions before each that it reads; 0 = factorised; default 3).
     ``prior = "bernoulli"`` makes the code binary (train it with guide ``bernoulli``). ``activation``:
     between fully connected layers (``"tanh"``: Burda et al. 2016); ``head``: what the guide's
     Gaussian heads output (``GaussianHead``)."""
     return GaussianVAE(Decoder(latent_dim, list(reversed(hidden)), data_shape, network, activation),
-                       PRIORS[prior](latent_dim, components), LIKELIHOODS[likelihood](likelihood_scale), data_shape,
+                       PRIORS[prior](latent_dim, components),
+                       make_likelihood(likelihood, data_shape, likelihood_scale, window), data_shape,
                        NetworkConfig(tuple(hidden), network, activation, head))
 
 
@@ -98,15 +102,15 @@ def vae(data_shape: tuple[int, ...], latent_dim: int = 32, hidden: list[int] = (
 def dlgm(data_shape: tuple[int, ...], latent_dim: int = 32, top_latent_dim: int | None = None,
          hidden: list[int] = (512, 256), network: Network = "mlp", likelihood: Likelihood = "bernoulli",
          likelihood_scale: float = 0.1, activation: Activation = "relu", head: Head = "scale",
-         top_hidden: list[int] | None = None) -> DLGM:
+         top_hidden: list[int] | None = None, window: int | None = None) -> DLGM:
     """A 2-layer DLGM: z2 (``top_latent_dim``, default ``latent_dim``) -> z1 (``latent_dim``) -> x;
     p(z1 | z2) has hidden layers of widths ``top_hidden`` (default one of ``hidden[-1]``), as does the
     structured guide's q(z2 | z1) (Shu's 2-layer VAE: three of width 100 where x's are width 10);
-    ``head``: what their Gaussian heads output (``GaussianHead``)."""
+    ``head``: what their Gaussian heads output (``GaussianHead``); ``window`` as for ``vae``."""
     top = top_latent_dim or latent_dim
     widths = tuple(top_hidden) if top_hidden else (hidden[-1] if hidden else 64,)
     conditional = nn.Sequential(mlp([top, *widths], final_activation=True, activation=activation),
                                 GaussianHead(widths[-1], latent_dim, head=head))
     return DLGM(Decoder(latent_dim, list(reversed(hidden)), data_shape, network, activation), conditional,
-                StandardNormal(top), LIKELIHOODS[likelihood](likelihood_scale), data_shape, latent_dim,
-                NetworkConfig(tuple(hidden), network, activation, head, widths))
+                StandardNormal(top), make_likelihood(likelihood, data_shape, likelihood_scale, window), data_shape,
+                latent_dim, NetworkConfig(tuple(hidden), network, activation, head, widths))

@@ -25,6 +25,8 @@ MODEL_VARIANTS = [
     ("vae", {"prior": "mixture", "components": 3, "likelihood": "gaussian-learned"}, (6,)),
     ("vae", {"prior": "bernoulli"}, (6,)),  # binary latent units: score-function gradients
     ("vae", {"network": "conv", "likelihood": "gaussian"}, (1, 8, 8)),
+    ("vae", {"likelihood": "bernoulli-autoregressive", "window": 2}, (6,)),  # a decoder that reads x_<i too
+    ("vae", {"network": "conv", "likelihood": "bernoulli-autoregressive"}, (1, 8, 8)),  # a small gated PixelCNN
     ("dlgm", {}, (6,)),
     ("m2", {"alpha": 1.0}, (6,)),  # a class observed where labelled, else a discrete latent (no labels here)
     ("cvae", {}, (6,)),  # a prior network on the visible pixels (none visible here)
@@ -62,10 +64,13 @@ GUIDE_REFUSALS = {
     ("vae-conv-gaussian", "bernoulli"): REAL_LATENT,
     ("vae-conv-gaussian", "structured"): ONE_LAYER,
     ("dlgm", "bernoulli"): REAL_LATENT,
+    **{(variant, guide): refusal for variant in ("vae-bernoulli-autoregressive", "vae-conv-bernoulli-autoregressive")
+       for guide, refusal in (("bernoulli", REAL_LATENT), ("structured", ONE_LAYER))},
     ("cvae", "bernoulli"): REAL_LATENT,
     ("cvae", "structured"): ONE_LAYER,
     **{(variant, "m2"): M2_ONLY for variant in ("vae", "vae-mixture-gaussian-learned", "vae-bernoulli",
-                                                "vae-conv-gaussian", "dlgm", "cvae")},
+                                                "vae-conv-gaussian", "vae-bernoulli-autoregressive",
+                                                "vae-conv-bernoulli-autoregressive", "dlgm", "cvae")},
     ("m2", "bernoulli"): REAL_LATENT,
     **{("m2", guide): CLASS_LATENT for guide in ("delta", "gaussian", "iaf", "structured")},
 }
