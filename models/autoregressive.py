@@ -31,13 +31,19 @@ from torch.nn import functional as F
 
 from ppl_vae.errors import ConfigError
 
-#: channels of the causal network's layers, and its gated layers after the masked one
+#: channels of the causal network's layers (by default), and its gated layers after the masked one
 CHANNELS, LAYERS = 32, 2
 
 
 class CausalNetwork(nn.Module):
     """(x, c) -> a logit offset per dimension of x that reads only the ``window`` dimensions before it,
-    and the decoder's logits c at every layer. For ``data_shape`` (n,) or (1, H, W)."""
+    and the decoder's logits c at every layer. For ``data_shape`` (n,) or (1, H, W).
+
+    The first layer is a masked convolution, written as a dense layer over the causal neighbourhood
+    (the positions its mask keeps, gathered by shifting x); the gated layers after it are 1 x 1
+    convolutions, dense layers per position. Channels last: far faster on a CPU than convolutions
+    of a few channels.
+    """
 
     def __init__(self, data_shape: tuple[int, ...], window: int, channels: int = CHANNELS, layers: int = LAYERS):
         super().__init__()
@@ -45,37 +51,48 @@ class CausalNetwork(nn.Module):
             raise ConfigError(f"an autoregressive likelihood needs vectors (n,) or one-channel images (1, H, W), "
                               f"not data of shape {list(data_shape)}: use likelihood 'bernoulli'")
         self.data_shape, self.window = tuple(data_shape), window
-        conv = nn.Conv1d if len(data_shape) == 1 else nn.Conv2d
-        size = 2 * window + 1
-        self.first = conv(1, 2 * channels, size, padding=window)
-        self.register_buffer("mask", _causal_mask(len(data_shape) - 1 or 1, size))  # 1-D or 2-D kernel
-        self.gated = nn.ModuleList(conv(channels, 2 * channels, 1) for _ in range(layers))
-        self.condition = nn.ModuleList(conv(1, 2 * channels, 1) for _ in range(layers + 1))
-        self.out = conv(channels, 1, 1)
+        self.offsets = _causal_offsets(len(data_shape) == 3, window)
+        self.first = nn.Linear(len(self.offsets), 2 * channels) if self.offsets else None  # window 0: none
+        self.gated = nn.ModuleList(nn.Linear(channels, 2 * channels) for _ in range(layers))
+        self.condition = nn.ModuleList(nn.Linear(1, 2 * channels) for _ in range(layers + 1))
+        self.out = nn.Linear(channels, 1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x, context = (t.reshape(-1, 1, *self.data_shape[1:] or self.data_shape) for t in (x, context))
-        h = _gate(self.first._conv_forward(x, self.first.weight * self.mask, self.first.bias),
-                  self.condition[0](context))
+        spatial = self.data_shape[1:] if len(self.data_shape) == 3 else self.data_shape
+        x, context = x.reshape(-1, *spatial), context.reshape(-1, math.prod(spatial), 1)
+        h = _gate(self.first(self._neighbourhood(x)) if self.first is not None else 0.0, self.condition[0](context))
         for layer, condition in zip(self.gated, self.condition[1:]):
-            h = h + _gate(layer(h), condition(context))  # 1 x 1: no new position enters
+            h = h + _gate(layer(h), condition(context))  # per position: no new position enters
         return self.out(h).reshape(shape)
+
+    def _neighbourhood(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, positions, offsets]``: at each position, x at each causal offset (0 beyond the edges)."""
+        w = self.window
+        if x.dim() == 2:  # vectors: x_{i - 1}, ..., x_{i - w}
+            padded = F.pad(x, (w, 0))
+            parts = [padded[:, w - back:w - back + x.shape[1]] for (back,) in self.offsets]
+        else:  # images: (rows up, columns across) within the window, raster order before the pixel
+            height, width = x.shape[1:]
+            padded = F.pad(x, (w, w, w, 0))
+            parts = [padded[:, w - up:w - up + height, w + across:w + across + width] for up, across in self.offsets]
+        return torch.stack(parts, -1).reshape(len(x), -1, len(self.offsets))
+
+
+def _causal_offsets(image: bool, window: int) -> list[tuple[int, ...]]:
+    """The positions before a dimension that it reads: ``(back,)`` for vectors, 1 .. window; ``(up,
+    across)`` for images, the ``window`` rows above (columns -window .. window) and the ``window``
+    pixels to the left in its row: a (2 window + 1)^2 kernel's "mask A"."""
+    if not image:
+        return [(back,) for back in range(1, window + 1)]
+    above = [(up, across) for up in range(window, 0, -1) for across in range(-window, window + 1)]
+    return above + [(0, across) for across in range(-window, 0)]
 
 
 def _gate(pre: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
     """tanh(a) * sigmoid(b) of the pre-activations plus the conditioning (van den Oord et al. 2016, Eq. 4)."""
-    a, b = (pre + condition).chunk(2, dim=1)
+    a, b = (pre + condition).chunk(2, dim=-1)
     return torch.tanh(a) * torch.sigmoid(b)
-
-
-def _causal_mask(dims: int, size: int) -> torch.Tensor:
-    """A kernel mask that keeps the positions before the centre in raster order ("mask A")."""
-    centre = size // 2
-    if dims == 1:
-        return (torch.arange(size) < centre).float()
-    rows, columns = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    return ((rows < centre) | ((rows == centre) & (columns < centre))).float()
 
 
 class AutoregressiveBernoulli(TorchDistribution):
@@ -135,12 +152,14 @@ class AutoregressiveBernoulliLikelihood(nn.Module):
 
     needs_binary_data = True
 
-    def __init__(self, data_shape: tuple[int, ...], window: int):
+    def __init__(self, data_shape: tuple[int, ...], window: int, channels: int = CHANNELS):
         super().__init__()
         if window < 0:
             raise ConfigError(f"window = {window}: give how many dimensions before each one it may read (0 = none)")
+        if channels < 1:
+            raise ConfigError(f"ar_channels = {channels}: the causal network needs at least 1 channel")
         self.window = window
-        self.network = CausalNetwork(data_shape, window)
+        self.network = CausalNetwork(data_shape, window, channels)
 
     def forward(self, logits: torch.Tensor, event_dim: int) -> AutoregressiveBernoulli:
         return AutoregressiveBernoulli(logits, self.network, event_dim)

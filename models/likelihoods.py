@@ -81,13 +81,15 @@ def masked_pixels(likelihood: dist.Independent, mask: torch.Tensor) -> dist.Dist
 DEFAULT_WINDOW = 3
 
 
-def make_likelihood(name: str, data_shape: tuple[int, ...], scale: float = 0.1, window: int | None = None) -> nn.Module:
+def make_likelihood(name: str, data_shape: tuple[int, ...], scale: float = 0.1, window: int | None = None,
+                    channels: int = 32) -> nn.Module:
     """The likelihood module ``name``: one of ``LIKELIHOODS`` (``scale`` for the Gaussian ones), or
-    ``"bernoulli-autoregressive"``, whose decoder reads ``window`` dimensions back (``models.autoregressive``)."""
+    ``"bernoulli-autoregressive"``, whose causal network of ``channels`` reads ``window`` dimensions
+    back (``models.autoregressive``)."""
     if name == "bernoulli-autoregressive":
         from ppl_vae.models.autoregressive import AutoregressiveBernoulliLikelihood
 
-        return AutoregressiveBernoulliLikelihood(data_shape, DEFAULT_WINDOW if window is None else window)
+        return AutoregressiveBernoulliLikelihood(data_shape, DEFAULT_WINDOW if window is None else window, channels)
     if window is not None:
         raise ConfigError(f"window = {window} applies to likelihood 'bernoulli-autoregressive' only, not {name!r}: "
                           "drop it, or set likelihood = \"bernoulli-autoregressive\"")

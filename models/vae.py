@@ -86,15 +86,17 @@ class DLGM(nn.Module):
 def vae(data_shape: tuple[int, ...], latent_dim: int = 32, hidden: list[int] = (512, 256),
         network: Network = "mlp", prior: Prior = "normal", components: int = 10,
         likelihood: Likelihood = "bernoulli", likelihood_scale: float = 0.1,
-        activation: Activation = "relu", head: Head = "scale", window: int | None = None) -> GaussianVAE:
+        activation: Activation = "relu", head: Head = "scale", window: int | None = None,
+        ar_channels: int = 32) -> GaussianVAE:
     """A GaussianVAE; ``components`` applies to the mixture prior, ``likelihood_scale`` to Gaussian likelihoods,
-    ``window`` to the autoregressive one (dimensions before each that it reads; 0 = factorised; default 3).
+    ``window`` and ``ar_channels`` to the autoregressive one (the dimensions before each that it reads,
+    0 = factorised, default 3; the width of its causal network).
     ``prior = "bernoulli"`` makes the code binary (train it with guide ``bernoulli``). ``activation``:
     between fully connected layers (``"tanh"``: Burda et al. 2016); ``head``: what the guide's
     Gaussian heads output (``GaussianHead``)."""
     return GaussianVAE(Decoder(latent_dim, list(reversed(hidden)), data_shape, network, activation),
                        PRIORS[prior](latent_dim, components),
-                       make_likelihood(likelihood, data_shape, likelihood_scale, window), data_shape,
+                       make_likelihood(likelihood, data_shape, likelihood_scale, window, ar_channels), data_shape,
                        NetworkConfig(tuple(hidden), network, activation, head))
 
 
@@ -102,15 +104,15 @@ def vae(data_shape: tuple[int, ...], latent_dim: int = 32, hidden: list[int] = (
 def dlgm(data_shape: tuple[int, ...], latent_dim: int = 32, top_latent_dim: int | None = None,
          hidden: list[int] = (512, 256), network: Network = "mlp", likelihood: Likelihood = "bernoulli",
          likelihood_scale: float = 0.1, activation: Activation = "relu", head: Head = "scale",
-         top_hidden: list[int] | None = None, window: int | None = None) -> DLGM:
+         top_hidden: list[int] | None = None, window: int | None = None, ar_channels: int = 32) -> DLGM:
     """A 2-layer DLGM: z2 (``top_latent_dim``, default ``latent_dim``) -> z1 (``latent_dim``) -> x;
     p(z1 | z2) has hidden layers of widths ``top_hidden`` (default one of ``hidden[-1]``), as does the
     structured guide's q(z2 | z1) (Shu's 2-layer VAE: three of width 100 where x's are width 10);
-    ``head``: what their Gaussian heads output (``GaussianHead``); ``window`` as for ``vae``."""
+    ``head``: what their Gaussian heads output (``GaussianHead``); ``window`` and ``ar_channels`` as for ``vae``."""
     top = top_latent_dim or latent_dim
     widths = tuple(top_hidden) if top_hidden else (hidden[-1] if hidden else 64,)
     conditional = nn.Sequential(mlp([top, *widths], final_activation=True, activation=activation),
                                 GaussianHead(widths[-1], latent_dim, head=head))
     return DLGM(Decoder(latent_dim, list(reversed(hidden)), data_shape, network, activation), conditional,
-                StandardNormal(top), make_likelihood(likelihood, data_shape, likelihood_scale, window), data_shape,
-                latent_dim, NetworkConfig(tuple(hidden), network, activation, head, widths))
+                StandardNormal(top), make_likelihood(likelihood, data_shape, likelihood_scale, window, ar_channels),
+                data_shape, latent_dim, NetworkConfig(tuple(hidden), network, activation, head, widths))
