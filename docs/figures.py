@@ -44,6 +44,7 @@ SIZES = {
     "overfit": ("overfit", [], False, "the full study"),
     "semi-supervised": ("semi-supervised", [], False, "the full study"),
     "cvae-quadrants": ("cvae-quadrants", [], False, "the full study"),
+    "information-preference": ("information-preference", [], False, "the full study"),
 }
 IMAGE = re.compile(r"!\[([^\]]+)\]\(([^)]+)\)\n\n\*[^*]+\*")
 TABLE = re.compile(r"^\|.*\|\n\|[-| :]+\|\n(?:\|.*\|\n)+", re.M)  # the report's first Markdown table
