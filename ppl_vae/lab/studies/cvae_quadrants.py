@@ -102,9 +102,8 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
              "Held-out -log p(x_hidden | x_visible), nats per digit, mean +- sd over seeds, on the embedded digits' "
              "500 held-out digits (binarised): the NN baseline's masked cross-entropy, the CVAE's negative ELBO "
              "(Pyro's measure) and its importance-weighted estimate (as Sohn et al. 2015 estimate the CLL). "
-             "Pyro's CVAE example "
-             "scored the grey pixels of MNIST's 10,000 test digits after up to 50 epochs on 60,000: the same "
-             "ordering is the finding to compare, not the values.", "",
+             "Pyro's CVAE example scored the grey pixels of MNIST's 10,000 test digits after up to 50 epochs on "
+             "60,000: the same ordering is the finding to compare, not the values.", "",
              "| visible quadrants | seeds | NN baseline | CVAE -ELBO | CVAE (IS) | CVAE gain (IS) | "
              "NN (Pyro) | CVAE -ELBO (Pyro) | KL (nats) | active units |", "|" + "---|" * 10]
     for quadrants in order:
