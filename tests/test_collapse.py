@@ -86,7 +86,9 @@ def test_every_family_gives_consistent_diagnostics(compatible_pair):
     assert info.kl == pytest.approx(info.mi + info.marginal_kl, abs=1e-4)
     assert info.mi <= math.log(len(x)) + 1e-4  # exact: every draw's term is at most log N
     assert info.mi >= -4 * info.mi_stderr  # I(x; z) >= 0, up to the estimate's Monte Carlo error
-    assert 0 < info.mi_stderr < 1
+    assert 0 <= info.mi_stderr < 1
+    if info.mi_stderr == 0:  # no Monte Carlo error only where a point-mass guide tells every datapoint apart
+        assert compatible_pair.guide == "delta" and info.mi == pytest.approx(math.log(len(x)), abs=1e-4)
     means = posterior_means(guide, x, num_samples=4)
     classes = {"y_unobserved": getattr(model, "classes", None)}  # a class site: its probabilities, one per class
     assert {name: m.shape for name, m in means.items()} == {name: (40, classes.get(name) or d)
