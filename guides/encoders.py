@@ -12,14 +12,17 @@ score-function gradients, which the ``mc`` estimator takes).
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 from torch import nn
 from torch.distributions import constraints
+from torch.nn import functional as F
 
-from ppl_vae.errors import IncompatiblePairError
+from ppl_vae.errors import ConfigError, IncompatiblePairError
 from ppl_vae.networks import Encoder, GaussianHead, Network, NetworkConfig, mlp
 from ppl_vae.registry import GUIDES
 from ppl_vae.tracing import prior_sites
@@ -98,13 +101,93 @@ class MeanFieldGuide(AmortisedGuide):
 
 class GaussianGuide(MeanFieldGuide):
     """q(z | x) = prod_i N(z_i; mu_i(x), diag sigma_i(x)^2) over all the model's latent sites
-    (Kingma & Welling 2014, Eq. 9; mean-field across sites for deeper models)."""
+    (Kingma & Welling 2014, Eq. 9; mean-field across sites for deeper models).
+
+    Two remedies for posterior collapse constrain the family so that the KL to a N(0, I) prior
+    cannot reach 0 (both need that prior on every site, and are off at 0):
+
+    :param committed_rate: delta-VAE (Razavi et al. 2019, Sec. 2.1), nats per latent dimension:
+        each scale is squashed into (0, sigma_u) with 1/2 (sigma_u^2 - 1 - ln sigma_u^2) equal to it,
+        and KL(N(mu, sigma^2) || N(0, 1)) = 1/2 (mu^2 + sigma^2 - 1 - ln sigma^2) is then at least
+        that for every x and mu.
+    :param mean_batch_norm: BN-VAE's gamma (Zhu et al. 2020, Sec. 4): each posterior mean batch-normalised
+        with its scale fixed at gamma and a learned shift beta (``MeanBatchNorm``), so that over a
+        batch E[mu_d^2] = gamma^2 + beta_d^2 and the batch's mean KL is at least dims * gamma^2 / 2.
+    """
+
+    def __init__(self, model: nn.Module, hidden: list[int] | None = None, network: Network | None = None,
+                 committed_rate: float = 0.0, mean_batch_norm: float = 0.0):
+        if committed_rate < 0 or mean_batch_norm < 0:
+            raise ConfigError(f"committed_rate = {committed_rate} and mean_batch_norm = {mean_batch_norm} must be "
+                              ">= 0 (0 = off)")
+        self.max_scale = committed_scale(committed_rate) if committed_rate else None
+        self.mean_batch_norm = mean_batch_norm
+        super().__init__(model, hidden, network)
+        if committed_rate or mean_batch_norm:
+            _check_standard_normal_prior(model, "committed_rate" if committed_rate else "mean_batch_norm")
+
+    def build(self, width):
+        super().build(width)
+        self.norms = nn.ModuleDict({s: MeanBatchNorm(d, self.mean_batch_norm) for s, d in self.latent_dims.items()}
+                                   if self.mean_batch_norm else {})
 
     def head(self, width, dim):
         return GaussianHead(width, dim, head=self.head_kind)
 
-    def distribution(self, params):
-        return dist.Normal(*params).to_event(1)
+    def site_distribution(self, site, h):
+        loc, scale = self.heads[site](h)
+        if self.mean_batch_norm:
+            loc = self.norms[site](loc)
+        if self.max_scale is not None:  # (0, inf) -> (0, sigma_u), monotone
+            scale = self.max_scale * scale / (1 + scale)
+        return dist.Normal(loc, scale).to_event(1)
+
+
+def committed_scale(rate: float) -> float:
+    """sigma_u < 1 with 1/2 (sigma_u^2 - 1 - ln sigma_u^2) = ``rate`` (delta-VAE, Razavi et al. 2019,
+    Sec. 2.1): the largest posterior scale whose KL to N(0, 1) is at least ``rate`` nats at every mean.
+    The left side falls from infinity to 0 as sigma_u^2 rises to 1, so bisection on ln sigma_u^2 finds it."""
+    low, high = -50.0, 0.0  # ln sigma_u^2
+    for _ in range(200):
+        mid = (low + high) / 2
+        if (math.exp(mid) - 1 - mid) / 2 > rate:
+            low = mid
+        else:
+            high = mid
+    return math.exp(high / 2)
+
+
+class MeanBatchNorm(nn.Module):
+    """mu -> gamma (mu - mean_B(mu)) / sd_B(mu) + beta per dimension: the batch normalisation of BN-VAE
+    (Zhu et al. 2020, Sec. 4) with its scale fixed at ``gamma`` and the shift beta learned. In a training
+    step (training mode, gradients on) it normalises by the batch's statistics and keeps running ones,
+    as ``torch.nn.BatchNorm1d`` does; whenever it is scored (the toolkit's evaluations run without
+    gradients), by the running ones, so q(z | x) is then a function of x alone."""
+
+    def __init__(self, dim: int, gamma: float):
+        super().__init__()
+        self.gamma = gamma
+        self.shift = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("running_mean", torch.zeros(dim))
+        self.register_buffer("running_var", torch.ones(dim))
+
+    def forward(self, loc: torch.Tensor) -> torch.Tensor:
+        step = self.training and torch.is_grad_enabled()
+        normalised = F.batch_norm(loc.reshape(-1, loc.shape[-1]), self.running_mean, self.running_var, training=step)
+        return self.gamma * normalised.reshape(loc.shape) + self.shift
+
+
+def _check_standard_normal_prior(model: nn.Module, option: str) -> None:
+    """Refuse a model whose prior on some latent site is not N(0, I): ``option``'s bound on the KL needs it."""
+    for site, prior in prior_sites(model, draw=False).items():
+        fn = prior["fn"]
+        while isinstance(fn, dist.Independent):
+            fn = fn.base_dist
+        if not (isinstance(fn, dist.Normal) and bool((fn.loc == 0).all()) and bool((fn.scale == 1).all())):
+            raise IncompatiblePairError(
+                f"guide option {option} bounds the KL to a N(0, I) prior, but the model's prior on {site!r} is a "
+                f"{type(fn).__name__} of other parameters: use a model whose prior is prior 'normal' (a one-layer "
+                f"'vae'), or drop {option}")
 
 
 class BernoulliGuide(MeanFieldGuide):

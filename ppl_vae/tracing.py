@@ -87,9 +87,10 @@ def sample_prior(model, n: int, device: str | torch.device = "cpu") -> torch.Ten
 
 @torch.no_grad()
 def decode(model, latents: dict[str, torch.Tensor], n: int | None = None,
-           device: str | torch.device | None = None) -> torch.Tensor:
+           device: str | torch.device | None = None, draw: bool = False) -> torch.Tensor:
     """Means of p(x | z) with the latent sites in ``latents`` held at the given values ``[n, D]``
-    (the others drawn from the model), for ``n`` rows (default: the values' rows)."""
+    (the others drawn from the model), for ``n`` rows (default: the values' rows); ``draw``: a draw
+    x ~ p(x | z) instead (what an autoregressive decoder makes up given z)."""
     first = next(iter(latents.values()), None)
     if n is None and first is None:
         raise ValueError("decode needs latent values or n, the number of rows")
@@ -98,5 +99,6 @@ def decode(model, latents: dict[str, torch.Tensor], n: int | None = None,
         device = first.device if first is not None else model_device(model)
     placeholder = torch.zeros(n, *model.data_shape, device=device)  # p(x | z) does not depend on the value
     trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(placeholder)
-    return trace.nodes[observed_site(model)]["fn"].mean.reshape(placeholder.shape)
+    fn = trace.nodes[observed_site(model)]["fn"]
+    return (fn.sample() if draw else fn.mean).reshape(placeholder.shape)
 

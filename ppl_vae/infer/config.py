@@ -33,6 +33,12 @@ class TrainConfig:
     seed: int = 0  # seeds parameters, batches and samples: the same seed gives the same run
     checkpoint_every: int = 5  # epochs between checkpoints (the last epoch is always saved)
     eval_every: int = 1  # epochs between scored history rows (the last epoch is always scored)
+    # He et al. (2019), Algorithm 1: before each decoder step, encoder-only steps on fresh batches until the
+    # encoder's loss stops falling; the phase ends once the held-out I(x; z) has failed to rise 5 times
+    aggressive: bool = False
+    aggressive_epochs: int = 0  # the most epochs the aggressive phase may last; 0 = until I(x; z) stops rising
+    # history rows also hold the held-out I(x; z) and KL(q(z) || p(z)) (ELBO surgery); on when aggressive
+    track_information: bool = False
     capture: bool = True  # replay the loss as a captured graph (ppl_vae.infer.capture); false = run the pair eagerly
     compile: bool = False  # compile the captured graph with Inductor (torch.compile); one that fails replays uncompiled
     threads: int = 0  # torch's CPU threads while training and diagnosing, under every runner; 0 = as torch has it
@@ -52,7 +58,7 @@ class TrainConfig:
             "kl_warmup_epochs": self.kl_warmup_epochs >= 0, "kl_cycles": self.kl_cycles >= 1,
             "checkpoint_every": self.checkpoint_every >= 0, "threads": self.threads >= 0,
             "noise_level": self.noise_level >= 0 and (self.input_noise != "masking" or self.noise_level < 1),
-            "eval_every": self.eval_every >= 1,
+            "eval_every": self.eval_every >= 1, "aggressive_epochs": self.aggressive_epochs >= 0,
         }
         for key, ok in checks.items():
             if not ok:

@@ -27,6 +27,7 @@ from ppl_vae.infer.bounds import evaluate
 from ppl_vae.infer.capture import TrainingLoss
 from ppl_vae.infer.config import TrainConfig
 from ppl_vae.infer.handlers import FreeBitsRelease, KLSchedule
+from ppl_vae.infer.information import latent_information
 from ppl_vae.infer.nonfinite import EpochSnapshot, step_error, unexplained_error
 from ppl_vae.infer.pairs import Program, as_pair, requested_fields
 from ppl_vae.infer.random_state import preserved_rng, rng_state, set_rng_state
@@ -37,6 +38,12 @@ __all__ = ["Trainer", "adam", "cpu_threads", "resolve_device"]
 
 #: train-set examples scored per epoch (a fixed subset keeps large sets cheap)
 TRAIN_EVAL_SIZE = 10_000
+#: held-out examples over which a history row measures I(x; z) and KL(q(z) || p(z)) (``track_information``)
+INFORMATION_ROWS = 500
+#: the aggressive schedule as He et al.'s code runs it (github.com/jxhe/vae-lagging-encoder, image.py): at
+#: most 99 encoder steps per decoder step, stopped once their mean loss over 10 steps rises; the phase
+#: ends when the held-out I(x; z) has fallen short of its best so far 5 times
+AGGRESSIVE_MAX_INNER, AGGRESSIVE_WINDOW, AGGRESSIVE_PATIENCE = 100, 10, 5
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -132,6 +139,20 @@ class Trainer:
         self.unscored: list[float] = []  # training objectives of the epochs since the last history row
         self.snapshot = EpochSnapshot([t.detach() for t in (*self.loss_fn.parameters(), *self.loss_fn.buffers())],
                                       self.optimizer, self.scheduler, self.device)
+        #: in the aggressive phase (He et al. 2019), and the held-out I(x; z) that ends it
+        self.aggressive, self.best_information, self.information_misses = config.aggressive, -math.inf, 0
+        self.encoder_tensors, self.decoder_tensors = self._split_encoder() if config.aggressive else ([], [])
+
+    def _split_encoder(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The trainable tensors of the guide (the encoder) and the rest (the decoder, the prior)."""
+        model = {id(p) for p in self.model.parameters()}
+        guide = {id(p) for p in self.guide.parameters()} - model
+        encoder = [t for t in self.loss.trainable_tensors if id(t) in guide]
+        if not encoder:
+            raise ConfigError("[train] aggressive = true alternates encoder and decoder steps, but the guide holds no "
+                              "parameters of its own (a Pyro program's live in the pair's store): use a guide that is "
+                              "an nn.Module or PyroModule, or set aggressive = false")
+        return encoder, [t for t in self.loss.trainable_tensors if id(t) not in guide]
 
     def train_epoch(self) -> float:
         """One pass over the shuffled training set; returns the mean training objective.
@@ -186,16 +207,45 @@ class Trainer:
         self.kl_weight.fill_(self.kl_schedule(self.step))
         self.scale.fill_(1 / len(x))  # the objective per example
         self.release.fill_(self.free_bits_release(self.step))
+        if self.aggressive:
+            self._encoder_steps(x, fields)
         # sets each parameter's .grad
         loss = self.loss.loss_and_grads(x, self.kl_weight, self.scale, self.release, fields)
         if check and not torch.isfinite(loss):
             raise step_error(self.model, self.guide, x, loss, self.step, self.epoch + 1, fields)
-        if self.config.grad_clip:  # one outlier step cannot swamp Adam's second moment (no host read)
-            torch.nn.utils.clip_grad_norm_(self.loss.trainable_tensors, self.config.grad_clip)
-        self.optimizer.step()
+        self._update(self.decoder_tensors if self.aggressive else self.loss.trainable_tensors)
         self.scheduler.step()
         self.step += 1
         return loss.detach()
+
+    def _update(self, tensors: list[torch.Tensor]) -> None:
+        """An Adam step of ``tensors`` alone (their gradients clipped together): the others' gradients
+        are dropped, and Adam, element-wise, skips a tensor without one, its moments and count as they were."""
+        if tensors is not self.loss.trainable_tensors:
+            chosen = {id(t) for t in tensors}
+            for t in self.loss.trainable_tensors:
+                if id(t) not in chosen:
+                    t.grad = None
+        if self.config.grad_clip:  # one outlier step cannot swamp Adam's second moment (no host read)
+            torch.nn.utils.clip_grad_norm_(tensors, self.config.grad_clip)
+        self.optimizer.step()
+
+    def _encoder_steps(self, x: torch.Tensor, fields: dict[str, torch.Tensor]) -> None:
+        """He et al. (2019), Algorithm 1, the inner loop: encoder-only steps, the first on the batch ``x`` and
+        each later one on a fresh random batch of its size, until the mean loss of the last
+        ``AGGRESSIVE_WINDOW`` steps is above the window's before (or ``AGGRESSIVE_MAX_INNER`` - 1 steps)."""
+        n, window, previous = len(self.data.train), torch.zeros((), device=self.device), math.inf
+        for inner in range(1, AGGRESSIVE_MAX_INNER):
+            window += self.loss.loss_and_grads(x, self.kl_weight, self.scale, self.release, fields).detach()
+            self._update(self.encoder_tensors)
+            index = torch.randperm(n, device=self.device)[:len(x)]
+            x, fields = self.data.batch(index), self.data.batch_fields(index, self.fields)
+            if inner % AGGRESSIVE_WINDOW == 0:
+                mean = window.item() / AGGRESSIVE_WINDOW
+                if mean > previous:
+                    return
+                previous = mean
+                window.zero_()
 
     def fit(self, checkpoint: str | Path | None = None, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
         """Train the remaining epochs; save to ``checkpoint`` every ``checkpoint_every`` epochs and at the end.
@@ -226,15 +276,37 @@ class Trainer:
                     train = self.evaluate(self.data.train_eval[subset], self.data.batch_fields(subset, self.fields))
                     test = self.evaluate(self.data.test_eval, self.test_fields)
                     row |= {f"train_{k}": v for k, v in train.items()} | {f"test_{k}": v for k, v in test.items()}
+                    if self.config.track_information or self.config.aggressive:
+                        row |= self._information_row()
                 self.history.append(row)
                 self.unscored = []
                 bar.set_postfix(test_loss=f"{row['test_loss']:.2f}", recon=f"{row['test_recon']:.2f}",
                                 kl=f"{row['test_kl']:.2f}")
+            if self.aggressive and self.epoch == self.config.aggressive_epochs:  # the phase's cap, if any
+                self.aggressive = False
             if checkpoint and ((every and self.epoch % every == 0) or self.epoch == self.config.epochs):
                 self.save(checkpoint)
             if on_epoch and row:
                 on_epoch(row)
         return self.history
+
+    def _information_row(self) -> dict:
+        """The held-out I(x; z) and KL(q(z) || p(z)) (Hoffman & Johnson 2016) on ``INFORMATION_ROWS`` examples;
+        under ``aggressive``, whether the epoch just trained was in the aggressive phase, and whether the
+        phase goes on: it ends once I(x; z) has fallen short of its best so far ``AGGRESSIVE_PATIENCE``
+        times (He et al. 2019), or after ``aggressive_epochs``."""
+        rows = slice(INFORMATION_ROWS)
+        info = latent_information(self.model, self.guide, self.data.test_eval[rows],
+                                  fields=self.data.batch_fields(rows, self.fields, "test"))
+        row = {"test_mi": info.mi, "test_marginal_kl": info.marginal_kl}
+        if self.config.aggressive:
+            row["aggressive"] = self.aggressive
+            if info.mi > self.best_information:
+                self.best_information = info.mi
+            elif self.aggressive:
+                self.information_misses += 1
+                self.aggressive = self.information_misses < AGGRESSIVE_PATIENCE
+        return row
 
     @property
     def diagnose_kl_in_closed_form(self) -> bool:
@@ -256,7 +328,8 @@ class Trainer:
         return {"model": self.model.state_dict(), "guide": self.guide.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "epoch": self.epoch, "step": self.step, "history": self.history, "unscored": self.unscored,
-                "rng": rng_state(self.device), "config": asdict(self.config)}
+                "rng": rng_state(self.device), "config": asdict(self.config),
+                "aggressive": [self.aggressive, self.best_information, self.information_misses]}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -265,6 +338,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
         self.unscored = list(state.get("unscored", []))
+        if "aggressive" in state:
+            self.aggressive, self.best_information, self.information_misses = state["aggressive"]
         set_rng_state(state["rng"], self.device)
 
     def save(self, path: str | Path) -> None:

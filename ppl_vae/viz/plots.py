@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
-from torchvision.utils import save_image  # noqa: E402
+from torchvision.utils import make_grid, save_image  # noqa: E402
 
 from ppl_vae.io import atomic_write  # noqa: E402
 
@@ -43,6 +43,20 @@ def image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
     """Save ``[N, C, H, W]`` images in [0, 1] as one grid."""
     return atomic_write(path, lambda p: save_image(images.detach().cpu(), p, nrow=nrow, padding=2, pad_value=1.0,
                                                    format="png"))
+
+
+def image_rows(rows: dict[str, torch.Tensor], path: str | Path, title: str = "") -> Path:
+    """One labelled row per entry of ``rows``: ``[N, 1, H, W]`` images in [0, 1] side by side."""
+    fig, axes = plt.subplots(len(rows), 1, figsize=(1.0 + 0.45 * max(len(v) for v in rows.values()),
+                                                    0.55 * len(rows) + 0.4), squeeze=False)
+    for ax, (label, images) in zip(axes[:, 0], rows.items()):
+        grid = make_grid(images.detach().cpu(), nrow=len(images), padding=1, pad_value=1.0)
+        ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
 
 
 def aggregate_posterior(panels: list[tuple[str, torch.Tensor, torch.Tensor | None, torch.Tensor]],
