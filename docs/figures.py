@@ -45,6 +45,7 @@ SIZES = {
     "semi-supervised": ("semi-supervised", [], False, "the full study"),
     "cvae-quadrants": ("cvae-quadrants", [], False, "the full study"),
     "information-preference": ("information-preference", [], False, "the full study"),
+    "ar-collapse": ("ar-collapse", [], False, "the full study"),
 }
 IMAGE = re.compile(r"!\[([^\]]+)\]\(([^)]+)\)\n\n\*[^*]+\*")
 TABLE = re.compile(r"^\|.*\|\n\|[-| :]+\|\n(?:\|.*\|\n)+", re.M)  # the report's first Markdown table
