@@ -144,6 +144,25 @@ def test_nan_mid_epoch_is_traced_to_its_step_with_the_parameters_it_saw():
     assert all(torch.isfinite(p).all() for p in trainer.loss_fn.parameters())
 
 
+def test_full_batch_training_reads_back_once_per_row_and_still_names_the_bad_step(tiny_data, monkeypatch):
+    """One step per epoch: the losses of the epochs between two history rows are read back together,
+    after one snapshot; a loss that turns NaN inside them replays them from that snapshot, and the
+    error names its step and epoch as a per-step read would."""
+    trainer = make_trainer(tiny_data(), epochs=12, batch_size=0, eval_every=4)
+    taken = []
+    take = trainer.snapshot.take
+    monkeypatch.setattr(trainer.snapshot, "take", lambda step: (taken.append(step), take(step)))
+    trainer.fit()
+    assert taken == [0, 4, 8]
+    trainer = make_trainer(tiny_data(), epochs=12, batch_size=0, eval_every=4)
+    replay = trainer.loss.loss_and_grads
+    monkeypatch.setattr(trainer.loss, "loss_and_grads",
+                        lambda *args: replay(*args) * (float("nan") if trainer.step == 6 else 1.0))
+    with pytest.raises(NonFiniteLossError, match=r"at step 6 \(epoch 7\)"):
+        trainer.fit()
+    assert (trainer.step, trainer.epoch) == (6, 4)  # the replay stopped at the bad step; the span's start kept
+
+
 @pytest.mark.parametrize("grad_clip", [0.0, 1.0])
 def test_one_gradient_spike_freezes_adam_unless_the_gradient_is_clipped(tiny_data, monkeypatch, grad_clip):
     """Adam divides each step by the root of its second moment. One step whose gradient is 10^6 times

@@ -155,19 +155,31 @@ class Trainer:
         return encoder, [t for t in self.loss.trainable_tensors if id(t) not in guide]
 
     def train_epoch(self) -> float:
-        """One pass over the shuffled training set; returns the mean training objective.
+        """One pass over the shuffled training set; returns the mean training objective (``train_epochs``)."""
+        return self.train_epochs(1)[0]
 
-        Losses stay on the device and are read back once, at the end of the epoch. If one was not
-        finite, the epoch is replayed from its start checking every step (``ppl_vae.infer.nonfinite``),
-        and the error names the first bad step and its sites.
+    def train_epochs(self, count: int) -> list[float]:
+        """``count`` passes over the shuffled training set; the mean training objective of each.
+
+        Losses stay on the device and are read back once, after the last pass, with one snapshot of
+        the state taken before the first: in full-batch training, one host read per ``count`` steps.
+        If one was not finite, the passes are replayed from the snapshot checking every step
+        (``ppl_vae.infer.nonfinite``), and the error names the first bad step, its epoch and its sites.
+        ``self.epoch`` is left where it was (``fit`` advances it).
         """
         self.snapshot.take(self.step)
-        objective = self._run_epoch(check=False).item() / len(self.data.train)
-        if not math.isfinite(objective):
-            self.step = self.snapshot.restore()
-            self._run_epoch(check=True)
-            raise unexplained_error(objective, self.epoch + 1)
-        return objective
+        sums = torch.stack([self._run_epoch(check=False) for _ in range(count)]).tolist()
+        objectives = [total / len(self.data.train) for total in sums]
+        bad = next((i for i, objective in enumerate(objectives) if not math.isfinite(objective)), None)
+        if bad is not None:
+            self.step, first = self.snapshot.restore(), self.epoch
+            try:
+                for self.epoch in range(first, first + bad + 1):  # numbers the replayed epochs in the error
+                    self._run_epoch(check=True)
+            finally:
+                self.epoch = first
+            raise unexplained_error(objectives[bad], first + bad + 1)
+        return objectives
 
     def _run_epoch(self, check: bool) -> torch.Tensor:
         """Step through one shuffled epoch; the summed training objective, on the device."""
@@ -253,7 +265,9 @@ class Trainer:
         Every ``eval_every`` epochs (and at the last) a history row scores the train subset and the
         held-out set; its ``train_objective`` is the mean over the epochs since the previous row.
         Scoring leaves the random stream as it found it, so how often a run is scored does not change it.
-        ``on_epoch`` is called with each new row."""
+        ``on_epoch`` is called with each new row. The epochs between two such events (a row, a
+        checkpoint, the end of the aggressive phase's cap) run as one ``train_epochs``: one host read
+        and one snapshot for all of them."""
         with cpu_threads(self.config.threads):
             return self._fit(checkpoint, on_epoch)
 
@@ -261,11 +275,12 @@ class Trainer:
         every = self.config.checkpoint_every
         if self.step == 0:
             pyro.set_rng_seed(self.config.seed)  # batches and samples follow the seed, whatever ran before
-        bar = tqdm(range(self.epoch, self.config.epochs), desc="epochs", disable=not self.progress,
-                   initial=self.epoch, total=self.config.epochs, leave=False)
-        for _ in bar:
-            self.unscored.append(self.train_epoch())
-            self.epoch += 1
+        bar = tqdm(desc="epochs", disable=not self.progress, initial=self.epoch, total=self.config.epochs, leave=False)
+        while self.epoch < self.config.epochs:
+            span = self._epochs_to_next_event(checkpoint)
+            self.unscored += self.train_epochs(span)
+            self.epoch += span
+            bar.update(span)
             row = None
             if self.epoch % self.config.eval_every == 0 or self.epoch == self.config.epochs:
                 row = {"epoch": self.epoch, "step": self.step, "kl_weight": self.kl_schedule(self.step - 1),
@@ -288,7 +303,19 @@ class Trainer:
                 self.save(checkpoint)
             if on_epoch and row:
                 on_epoch(row)
+        bar.close()
         return self.history
+
+    def _epochs_to_next_event(self, checkpoint) -> int:
+        """Epochs from here to the next that needs the host: a scored row, a checkpoint, the aggressive
+        phase's cap, or the last."""
+        every, aggressive_cap = self.config.checkpoint_every, self.config.aggressive_epochs
+        ends = [self.config.epochs, (self.epoch // self.config.eval_every + 1) * self.config.eval_every]
+        if checkpoint and every:
+            ends.append((self.epoch // every + 1) * every)
+        if self.aggressive and aggressive_cap > self.epoch:
+            ends.append(aggressive_cap)
+        return min(ends) - self.epoch
 
     def _information_row(self) -> dict:
         """The held-out I(x; z) and KL(q(z) || p(z)) (Hoffman & Johnson 2016) on ``INFORMATION_ROWS`` examples;
