@@ -1,5 +1,6 @@
 """The captured training loss: same runs as eager Pyro, eager fallback with a reason, no host reads per step."""
 
+import copy
 import itertools
 import warnings
 
@@ -9,10 +10,11 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 from torch import nn
+from torch.func import vmap
 
 from ppl_vae import DATASETS, GUIDES, MODELS, TrainConfig, Trainer
 from ppl_vae.data.datasets import Dataset
-from ppl_vae.infer.capture import CaptureWarning, TrainingLoss
+from ppl_vae.infer.capture import CaptureWarning, TrainingLoss, functional_noise
 from ppl_vae.infer.objectives import ElboEstimator
 
 
@@ -311,3 +313,38 @@ def test_a_gradient_strided_unlike_its_parameter_is_set_in_the_parameter_layout(
     transposed = torch.randn(3, 4).t()  # shape (4, 3), strides (1, 4)
     loss._set_grads([0], [transposed])
     assert weight.grad.stride() == weight.stride() and torch.equal(weight.grad, transposed)
+
+
+def test_functional_noise_lets_vmap_train_restarts_and_replays_one_restart_bit_for_bit(tiny_data):
+    """The captured graph draws z as empty + normal_, which vmap(randomness="different") refuses; with
+    the draws made functional it takes it. Over one restart it replays the plain graph exactly, from
+    the same random state; over restarts of different parameters that draw alike (randomness="same"),
+    each restart's loss and gradients are the plain graph's on its own parameters."""
+    trainer = trainer_for(tiny_data(), batch_size=0)
+    trainer.train_epochs(2)  # captured on the first step
+    (joint,) = trainer.loss.graphs.values()
+    plain = joint.graph
+    functional = functional_noise(copy.deepcopy(plain))
+    assert "normal_" in plain.code and "normal_" not in functional.code and "randn" in functional.code
+    x = trainer.data.train
+    inputs = (x, torch.ones(()), torch.ones(()) / len(x), torch.ones(()))
+    state = [t.detach() for t in trainer.loss.state]
+    with pytest.raises(RuntimeError, match="randomness"):
+        vmap(lambda *s: plain(*s, *inputs), randomness="different")(*[t.unsqueeze(0) for t in state])
+
+    def from_seed(fn, *args):
+        torch.manual_seed(5)
+        return fn(*args)
+
+    expected = from_seed(plain, *state, *inputs)
+    one = from_seed(vmap(lambda *s: functional(*s, *inputs), randomness="different"), *[t.unsqueeze(0) for t in state])
+    assert all(torch.equal(a[0], b) for a, b in zip(one, expected))
+    other = [t + 0.1 * torch.randn_like(t) if t.is_floating_point() else t for t in state]
+    both = from_seed(vmap(lambda *s: functional(*s, *inputs), randomness="same"),
+                     *[torch.stack([a, b]) for a, b in zip(state, other)])
+    for restart, params in enumerate((state, other)):
+        alone = from_seed(functional, *params, *inputs)
+        assert all(torch.allclose(a[restart], b, rtol=1e-5, atol=1e-6) for a, b in zip(both, alone))
+    different = from_seed(vmap(lambda *s: functional(*s, *inputs), randomness="different"),
+                          *[torch.stack([t, t]) for t in state])
+    assert different[0][0] != different[0][1]  # the same parameters, their own draws

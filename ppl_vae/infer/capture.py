@@ -87,6 +87,39 @@ def _grad_mismatch(names: list[str], replayed: list[torch.Tensor | None],
     return None
 
 
+def functional_noise(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``graph`` with each Gaussian draw made functional: ``make_fx`` records a reparameterised sample
+    as ``empty`` followed by an in-place ``normal_``, which ``torch.func.vmap(randomness="different")``
+    refuses (an in-place draw into a tensor that is not batched); ``randn`` of the same size, times the
+    scale plus the mean, is what it takes. The same generator state gives the same numbers as before
+    (``randn`` fills its tensor as ``normal_`` does), so a vmapped graph over one restart replays the
+    plain one bit for bit. Other in-place draws are left as they are (vmap then refuses the graph).
+    Rewrites ``graph`` in place and returns it."""
+    aten, nodes = torch.ops.aten, graph.graph
+    for node in list(nodes.nodes):
+        if node.op != "call_function" or node.target is not aten.normal_.default:
+            continue
+        empty = node.args[0]
+        if getattr(empty, "target", None) is not aten.empty.memory_format:
+            continue  # a draw into a tensor made otherwise: left in place
+        given = {**dict(zip(("mean", "std"), node.args[1:])), **node.kwargs}
+        mean, std = given.get("mean", 0.0), given.get("std", 1.0)
+        options = {k: v for k, v in empty.kwargs.items() if k in ("dtype", "layout", "device", "pin_memory")}
+        with nodes.inserting_before(node):
+            draw = nodes.call_function(aten.randn.default, (empty.args[0],), options)
+            if std != 1.0:
+                draw = nodes.call_function(aten.mul.Tensor, (draw, std))
+            if mean != 0.0:
+                draw = nodes.call_function(aten.add.Tensor, (draw, mean))
+        node.replace_all_uses_with(draw)
+        nodes.erase_node(node)
+        empty.replace_all_uses_with(draw)  # reads of the filled tensor through its first name
+        nodes.erase_node(empty)
+    nodes.lint()
+    graph.recompile()
+    return graph
+
+
 class TrainingLoss:
     """``loss_and_grads(x, weight, scale, release)``: the estimator's loss on a batch with KL weight
     ``weight`` (a 0-dim tensor) and the ``free_bits`` floors times ``release``, times ``scale``, with
