@@ -44,7 +44,8 @@ def test_hand_written_copy_computes_the_toolkit_loss(make):
 def test_the_single_bit_cell_bench_times_the_bundled_cell():
     result = bench.bench_single_bit(5, rounds=1, device=torch.device("cpu"), steps=2, compile=False,
                                     log=lambda *_: None)
-    assert result["rows"] == 1000 and set(result["steps_per_s"]) == {"pytorch", "toolkit"}
+    assert result["rows"] == 1000 and set(result["steps_per_s"]) == {"pytorch", "toolkit", "toolkit-one-read"}
+    assert result["one_read_ratio"] > 0
     assert bench.single_bit_cell(5)["model"]["name"] == "dlgm"
 
 
