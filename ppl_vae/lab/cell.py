@@ -130,6 +130,12 @@ def read(path: Path, reader: Callable[[Path], Any], cell: str) -> Any:
             "to rerun that cell alone") from error
 
 
+def history(folder: Path) -> list[dict]:
+    """A finished cell's history rows, as ``fit`` wrote them to its ``metrics.jsonl``."""
+    return read(folder / "metrics.jsonl", lambda p: [json.loads(line) for line in p.read_text().splitlines()],
+                folder.name)
+
+
 def check_resumable(task: CellTask) -> None:
     """Read what ``--resume`` will read of the cell's folder (its summary, else its checkpoint), so a
     damaged file stops the run before anything is written."""

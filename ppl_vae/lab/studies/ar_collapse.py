@@ -12,7 +12,6 @@ held-out KL and I(x; z) after every epoch (``train.track_information``), the fig
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
@@ -36,11 +35,6 @@ COLLAPSED_KL = 0.1
 BASELINE, REFERENCE = "elbo", "window-0"
 #: held-out digits in the samples figure, and draws of the autoregressive part per digit
 DIGITS, DRAWS = 2, 8
-
-
-def _history(out: Path, row: dict) -> list[dict]:
-    return cell.read(out / row["cell"] / "metrics.jsonl",
-                     lambda p: [json.loads(line) for line in p.read_text().splitlines()], row["cell"])
 
 
 def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
@@ -104,7 +98,7 @@ def _checks(groups: dict[str, list[dict]]) -> list[str]:
 
 def _curves(out: Path, groups: dict[str, list[dict]]) -> list[str]:
     """KL and I(x; z) on the held-out digits after every epoch, mean over seeds, one line per remedy."""
-    histories = {name: [_history(out, r) for r in g] for name, g in groups.items()}
+    histories = {name: [cell.history(out / r["cell"]) for r in g] for name, g in groups.items()}
     epochs = [row["epoch"] for row in next(iter(histories.values()))[0]]
     lines = []
     for key, label, stem in (("test_kl", "KL(q(z | x) || p(z))", "kl_over_training"),

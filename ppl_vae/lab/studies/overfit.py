@@ -9,17 +9,11 @@ grid axes ``method`` (variants ``ae`` and ``vae``) and ``train_size``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ppl_vae.lab import cell
 from ppl_vae.lab.study import Study, check_line, figure
 from ppl_vae.viz import plots
-
-
-def _history(out: Path, row: dict) -> list[dict]:
-    return cell.read(out / row["cell"] / "metrics.jsonl",
-                     lambda p: [json.loads(line) for line in p.read_text().splitlines()], row["cell"])
 
 
 def _size(row: dict) -> int:
@@ -38,7 +32,7 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
              "| held-out -ELBO | -ELBO gap |", "|" + "---|" * 9]
     gaps, curves = {}, {}
     for r in rows:
-        last = _history(out, r)[-1]
+        last = cell.history(out / r["cell"])[-1]
         recon_gap = last["test_recon"] - last["train_recon"]
         elbo_gap = last["test_loss"] - last["train_loss"]
         gaps[(r["method"], str(r["train_size"]))] = recon_gap if r["method"] == "ae" else elbo_gap
@@ -46,7 +40,7 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
         lines.append(f"| {r['method'].upper()} | {r['train_size']} | {r['epochs']} | {last['train_recon']:.2f} | "
                      f"{last['test_recon']:.2f} | {recon_gap:.2f} | "
                      + (f"{last['train_loss']:.2f} | {last['test_loss']:.2f} | {elbo_gap:.2f} |" if vae else "| | |"))
-        curves[f"{r['method'].upper()}, {r['train_size']}"] = _history(out, r)
+        curves[f"{r['method'].upper()}, {r['train_size']}"] = cell.history(out / r["cell"])
     drawn = _curves(curves, out / "figures" / "train_vs_held_out.png")
     lines += ["", figure(out, drawn, "Train (dashed) and held-out (solid): the AE's reconstruction, the VAE's -ELBO, "
                                      "against the share of the run"), "", "## Checks", ""]
@@ -54,7 +48,7 @@ def report(out: Path, rows: list[dict], cells: list[dict]) -> str:
     if ("ae", smallest) in gaps and ("vae", smallest) in gaps:
         ae, vae = gaps[("ae", smallest)], gaps[("vae", smallest)]
         row = next(r for r in rows if r["method"] == "ae" and str(r["train_size"]) == smallest)
-        last = _history(out, row)[-1]
+        last = cell.history(out / row["cell"])[-1]
         lines.append(check_line(last["train_recon"] < 0.5 * last["test_recon"],
                                 f"the AE on {smallest} digits memorises: train reconstruction "
                                 f"{last['train_recon']:.2f} nats, under half its held-out {last['test_recon']:.2f}"))
