@@ -42,6 +42,7 @@ from torch.nn import functional as F
 from ppl_vae.data.datasets import DATASETS, Dataset
 from ppl_vae.errors import ConfigError
 from ppl_vae.infer.bounds import importance_log_likelihood
+from ppl_vae.infer.random_state import rng_state, set_rng_state
 from ppl_vae.infer.training import TrainConfig, Trainer, adam, resolve_device
 from ppl_vae.io import write_json
 from ppl_vae.registry import GUIDES, MODELS
@@ -291,6 +292,57 @@ def bench_single_bit(n: int, rounds: int, device: torch.device, steps: int = 50,
     return result
 
 
+def bench_restarts(n: int, rounds: int, device: torch.device, restarts: int = 8, steps: int = 20,
+                   compile: bool = True, log=print) -> dict:
+    """Training steps per second of ``restarts`` restarts of the single-bit study's 2-layer cell at ``n``
+    bits (seeds 0, 1, ...; full batch, free bits and the gradient cap as the study has them): as one
+    vectorised program (``train.vectorise``, ``Restarts.train_epochs``) against the same restarts as
+    separate cells one after the other in this process (``Trainer.train_epochs``, as ``fit`` runs them),
+    ``steps`` epochs of each per round; a restart-step is one step of one restart."""
+    from ppl_vae.infer.restarts import Restarts
+    from ppl_vae.lab.cell import build, load_data
+
+    config = single_bit_cell(n)
+    config["train"] = {**config["train"], "compile": compile}
+    data = load_data(config).to(device)
+
+    def trainers() -> list[Trainer]:
+        made = []
+        for seed in range(restarts):
+            config["train"]["seed"] = seed
+            _, model, guide, train_config = build(config, data)
+            made.append(Trainer(model, guide, data, train_config, device=device))
+        return made
+
+    separate, program = trainers(), Restarts(trainers())
+    streams = []  # each separate cell's own random stream, as in a process of its own
+    for trainer in separate:
+        pyro.set_rng_seed(trainer.config.seed)
+        streams.append(rng_state(device))
+    program.seed()
+
+    def one_by_one():
+        for r, trainer in enumerate(separate):
+            set_rng_state(streams[r], device)
+            trainer.train_epochs(steps)
+            streams[r] = rng_state(device)
+
+    variants = {"separate": one_by_one, "vectorised": lambda: program.train_epochs(steps)}
+    times, first = _interleaved(variants, rounds, steps * restarts, device, lambda round_, times: log(
+        f"  {restarts} restarts, single-bit n={n} round {round_}/{rounds}: "
+        + ", ".join(f"{k} {t[-1]:.2f}" for k, t in times.items()) + " ms/restart-step"))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    # the two sides trained the same restarts: each ends where the other does, to float rounding
+    difference = max((p - q).abs().max().item() for t, u in zip(separate, program.trainers)
+                     for p, q in zip(t.loss_fn.parameters(), u.loss_fn.parameters()))
+    return {"n": n, "restarts": restarts, "compile": compile, "max_parameter_difference": difference,
+            "same_step": all(t.step == program.step for t in separate), "steps_per_round": steps, "rounds": rounds,
+            "threads": torch.get_num_threads(), "ms_per_restart_step": medians,
+            "restart_steps_per_s": {name: 1000 / t for name, t in medians.items()},
+            "speed_up": statistics.median(s / v for s, v in zip(times["separate"], times["vectorised"])),
+            "first_round_s": first}
+
+
 def _resident_mib(field: str) -> float:
     return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
 
@@ -433,13 +485,17 @@ def run(out: str | Path = "runs/bench.json", device: str = "auto", rounds: int =
     log("single-bit 2-layer cell (full batch):")
     single_bit = [bench_single_bit(n, rounds=rounds, device=device, steps=2 if quick else 50, compile=not quick,
                                    log=log) for n in ((5,) if quick else (5, 1000))]
+    log(f"restarts as one vectorised program against separate cells ({torch.get_num_threads()} threads):")
+    restarts = [bench_restarts(n, rounds=min(rounds, 11), device=device, steps=2 if quick else 20,
+                               restarts=2 if quick else 8, compile=not quick, log=log)
+                for n in ((5,) if quick else (5, 1000))]
     log("dSprites-like generator:")
     generator = [bench_generator(size, 1 if quick else 5, log) for size in (64, 32)]
     log("importance-weighted log-likelihood:")
     iw = bench_iw([200] if quick else [1000, 5000], [50, 100] if quick else [100, 1000], 4 if quick else 20, device,
                   log)
     result = {"machine": _machine(device), "quick": quick, "train": train, "single_bit": single_bit, "iw": iw,
-              "generator": generator}
+              "generator": generator, "restarts": restarts}
     if device.type == "cuda":
         log("an epoch under torch.cuda.set_sync_debug_mode('error'):")
         result["sync_free"] = sync_free_epochs(device, log)
@@ -494,6 +550,14 @@ def table(result: dict) -> str:
                          f"{r['step_ratio']:.3f} | "
                          f"{_compiled_columns(v, r, 0)} | {v.get('toolkit-one-read', math.nan):.0f} | "
                          f"{r.get('one_read_ratio', math.nan):.3f} |")
+    if result.get("restarts"):
+        lines += ["", "| single-bit 2-layer cell, restarts | threads | compiled | separate restart-steps/s "
+                  "| vectorised restart-steps/s | speed-up |", "|---|---:|:---:|---:|---:|---:|"]
+        for r in result["restarts"]:
+            v = r["restart_steps_per_s"]
+            lines.append(f"| n = {r['n']}, {r['restarts']} restarts | {r['threads']} | "
+                         f"{'yes' if r['compile'] else 'no'} | {v['separate']:.0f} | {v['vectorised']:.0f} | "
+                         f"{r['speed_up']:.3f} |")
     for r in result.get("sync_free", []):
         lines += ["", f"{r['run']}{' (compiled)' if r['compile'] else ''}: an epoch under "
                       f"`set_sync_debug_mode('error')`: " + ("no step read back to the host" if r["sync_free"]

@@ -34,8 +34,20 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def save_tensors(path: str | Path, obj: Any) -> Path:
-    """``torch.save`` atomically; ``obj`` must hold only what ``torch.load(weights_only=True)`` accepts."""
-    return atomic_write(path, lambda p: torch.save(obj, p))
+    """``torch.save`` atomically; ``obj`` must hold only what ``torch.load(weights_only=True)`` accepts.
+    A tensor that views part of a larger one (a vectorised restart's slice of the stacked parameters)
+    is saved as a copy of its own: ``torch.save`` would write the whole storage."""
+    return atomic_write(path, lambda p: torch.save(_compact(obj), p))
+
+
+def _compact(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.clone() if obj.untyped_storage().nbytes() > obj.numel() * obj.element_size() else obj
+    if isinstance(obj, dict):
+        return {k: _compact(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_compact(v) for v in obj)
+    return obj
 
 
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> Any:

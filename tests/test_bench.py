@@ -49,6 +49,16 @@ def test_the_single_bit_cell_bench_times_the_bundled_cell():
     assert bench.single_bit_cell(5)["model"]["name"] == "dlgm"
 
 
+def test_the_restarts_bench_times_one_program_against_separate_cells():
+    """Both sides train the same restarts of the bundled cell: after a round, the program's restarts and
+    the separate cells stand at the same step with the same parameters (to float rounding)."""
+    result = bench.bench_restarts(5, rounds=1, device=torch.device("cpu"), restarts=2, steps=2, compile=False,
+                                  log=lambda *_: None)
+    assert set(result["ms_per_restart_step"]) == {"separate", "vectorised"} and result["speed_up"] > 0
+    assert result["restarts"] == 2 and result["steps_per_round"] == 2
+    assert result["same_step"] and result["max_parameter_difference"] < 1e-5
+
+
 @pytest.mark.slow
 def test_the_compiled_variants_are_timed_beside_the_eager_ones():
     result = bench.bench_train(128, rows=256, rounds=1, device=torch.device("cpu"), hidden=[16], latent=2,
@@ -82,7 +92,7 @@ def test_quick_bench_writes_its_results(tmp_path):
     bench.run(out, quick=True, log=lambda *_: None)
     result = json.loads(out.read_text())
     assert {"step_ratio_b128", "step_ratio_b1024", "step_ratio_conv_b64", "machine", "train", "single_bit", "iw",
-            "generator"} <= set(result)
+            "generator", "restarts"} <= set(result)
     assert [r["chunk_size"] for r in result["iw"]] == [50, 100]
 
 

@@ -18,7 +18,7 @@ from ppl_vae.lab import experiment_file
 from ppl_vae.lab.cell import CellTask, RunFolderError
 from ppl_vae.lab.experiment import CellsFailed, run
 from ppl_vae.lab.experiment_file import Cell, bundled, find, load
-from ppl_vae.lab.runner import spread_over_gpus
+from ppl_vae.lab.runner import spread_over_gpus, units
 
 GOOD = TINY_EXPERIMENT + """[train]
 epochs = 2
@@ -395,15 +395,20 @@ def test_the_device_defaults_to_auto_and_is_recorded(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "out" / "experiment.json").read_text())["device"].startswith(expected)
 
 
-def test_jobs_on_cuda_spread_the_cells_over_the_gpus(monkeypatch, tmp_path):
-    """--jobs N --device cuda with G GPUs: cell i runs on GPU i mod G; one GPU or the CPU: as asked."""
+def test_jobs_on_cuda_spread_the_units_over_the_gpus(monkeypatch, tmp_path):
+    """--jobs N --device cuda with G GPUs: unit i runs on GPU i mod G; one GPU or the CPU: as asked. A
+    unit is a cell, or the restarts that train.vectorise trains as one program, which share a GPU."""
     tasks = [CellTask("e", Cell(f"c{i}", {}, {}), tmp_path / f"c{i}", device="cuda") for i in range(5)]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
-    assert [t.device for t in spread_over_gpus(tasks)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]
-    on_cpu = [replace(t, device="cpu") for t in tasks]
+    assert [[t.device for t in u] for u in spread_over_gpus(units(tasks))] == [[f"cuda:{i}"] for i in (0, 1, 2, 0, 1)]
+    restarts = [CellTask("e", Cell(f"s{seed}", {}, {"train": {"vectorise": True, "seed": seed}}), tmp_path,
+                         device="cuda") for seed in range(3)]
+    assert [[t.device for t in u] for u in spread_over_gpus(units([*restarts, *tasks[:2]]))] == [
+        ["cuda:0"] * 3, ["cuda:1"], ["cuda:2"]]
+    on_cpu = units([replace(t, device="cpu") for t in tasks])
     assert spread_over_gpus(on_cpu) == on_cpu
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert spread_over_gpus(tasks) == tasks
+    assert spread_over_gpus(units(tasks)) == units(tasks)
 
 
 def test_a_margin_is_the_worst_seeds_distance_beside_the_seed_spread():

@@ -60,10 +60,11 @@ class Dataset:
     def is_binary(self) -> bool:
         return self.binarize != "none" or bool(((self.train == 0) | (self.train == 1)).all())
 
-    def batch(self, index: torch.Tensor | slice) -> torch.Tensor:
-        """Training examples at ``index`` (a tensor on the data's device, or a slice), binarised if dynamic."""
+    def batch(self, index: torch.Tensor | slice, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training examples at ``index`` (a tensor on the data's device, or a slice), binarised if dynamic
+        (drawing from ``generator``, torch's own by default)."""
         x = self.train[index]
-        return torch.bernoulli(x) if self.binarize == "dynamic" else x
+        return torch.bernoulli(x, generator=generator) if self.binarize == "dynamic" else x
 
     def batch_fields(self, index: torch.Tensor | slice, names: tuple[str, ...], split: str = "train") -> dict:
         """The fields ``names`` of the ``split`` (``"train"`` or ``"test"``) rows at ``index``."""

@@ -120,6 +120,67 @@ def functional_noise(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return graph
 
 
+@dataclass(frozen=True)
+class NoiseInput:
+    """A standard-normal draw that a graph takes as an input (``noise_inputs``)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+
+    def draw(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The draw from ``generator`` (torch's own by default): the numbers the graph drew before."""
+        return torch.randn(self.shape, generator=generator, dtype=self.dtype, device=self.device)
+
+
+def noise_inputs(graph: torch.fx.GraphModule) -> list[NoiseInput]:
+    """Make each Gaussian draw of ``graph`` an input after its others (``functional_noise`` first), in the
+    order the graph draws them; returns what each is. Given ``[d.draw() for d in draws]`` from one random
+    state, the graph computes what it did from that state; given each restart's draws from its own
+    generator, a vectorised graph (``vectorised``) follows each restart's own stream. A graph that draws
+    otherwise (a Bernoulli latent's sample, say) is refused with a ``ValueError`` naming the operations.
+    Rewrites ``graph`` in place."""
+    functional_noise(graph)
+    nodes, aten = graph.graph, torch.ops.aten
+    last = [node for node in nodes.nodes if node.op == "placeholder"][-1]
+    draws = []
+    for node in list(nodes.nodes):
+        if node.op == "call_function" and node.target is aten.randn.default:
+            with nodes.inserting_after(last):
+                last = nodes.placeholder(f"noise_{len(draws)}")
+            draws.append(NoiseInput(tuple(node.args[0]), node.kwargs.get("dtype") or torch.get_default_dtype(),
+                                    torch.device(node.kwargs.get("device") or "cpu")))
+            node.replace_all_uses_with(last)
+            nodes.erase_node(node)
+    seeded = sorted({str(node.target) for node in nodes.nodes if node.op == "call_function"
+                     and torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ())})
+    if seeded:
+        raise ValueError(f"the captured graph also draws with {', '.join(seeded)}; only Gaussian draws "
+                         "(reparameterised samples) can be given to each restart from its own stream")
+    nodes.lint()
+    graph.recompile()
+    return draws
+
+
+def vectorised(graph: torch.fx.GraphModule, in_dims: tuple, inputs: tuple) -> torch.fx.GraphModule:
+    """``graph`` mapped over a leading restart dimension of the inputs whose ``in_dims`` entry is 0 (None:
+    shared by every restart) with ``torch.func.vmap``, traced into one graph of batched operations
+    (``make_fx``), so a step of R restarts is one replay; every output gains the restart dimension.
+    ``inputs``: example inputs of the batched shapes (fake tensors are traced, nothing is computed).
+    The graph's views become reshapes first: a batched tensor's layout may not allow a view that the
+    unbatched one did (a reshape is the same view where it can be, a copy where not). Rewrites ``graph``."""
+    views = (torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default)
+    for node in graph.graph.nodes:
+        if node.op == "call_function" and node.target in views:
+            node.target = torch.ops.aten.reshape.default
+    graph.recompile()
+    graph = make_fx(torch.func.vmap(graph, in_dims=in_dims), tracing_mode="fake",
+                    _allow_non_fake_inputs=True)(*inputs)
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+    return graph
+
+
 class TrainingLoss:
     """``loss_and_grads(x, weight, scale, release)``: the estimator's loss on a batch with KL weight
     ``weight`` (a 0-dim tensor) and the ``free_bits`` floors times ``release``, times ``scale``, with

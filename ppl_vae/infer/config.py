@@ -41,6 +41,9 @@ class TrainConfig:
     track_information: bool = False
     capture: bool = True  # replay the loss as a captured graph (ppl_vae.infer.capture); false = run the pair eagerly
     compile: bool = False  # compile the captured graph with Inductor (torch.compile); one that fails replays uncompiled
+    # run folders: the grid's cells that differ only in seed and kl_weight train as one vectorised program
+    # (ppl_vae.infer.restarts); cells that cannot run separately, with a warning saying why
+    vectorise: bool = False
     threads: int = 0  # torch's CPU threads while training and diagnosing, under every runner; 0 = as torch has it
     tensorboard: bool = False  # run folders: each cell also logs its history and image grids (ppl_vae.viz.board)
     # the guide sees corrupted x (denoising; ppl_vae.data.corruption)

@@ -272,39 +272,49 @@ class Trainer:
             return self._fit(checkpoint, on_epoch)
 
     def _fit(self, checkpoint, on_epoch) -> list[dict]:
-        every = self.config.checkpoint_every
         if self.step == 0:
             pyro.set_rng_seed(self.config.seed)  # batches and samples follow the seed, whatever ran before
         bar = tqdm(desc="epochs", disable=not self.progress, initial=self.epoch, total=self.config.epochs, leave=False)
         while self.epoch < self.config.epochs:
             span = self._epochs_to_next_event(checkpoint)
-            self.unscored += self.train_epochs(span)
-            self.epoch += span
+            row = self.end_span(self.train_epochs(span), checkpoint, on_epoch)
             bar.update(span)
-            row = None
-            if self.epoch % self.config.eval_every == 0 or self.epoch == self.config.epochs:
-                row = {"epoch": self.epoch, "step": self.step, "kl_weight": self.kl_schedule(self.step - 1),
-                       "lr": self.optimizer.param_groups[0]["lr"],
-                       "train_objective": sum(self.unscored) / len(self.unscored)}
-                with preserved_rng(self.device):  # scoring draws z; training's random stream must not see it
-                    subset = slice(TRAIN_EVAL_SIZE)
-                    train = self.evaluate(self.data.train_eval[subset], self.data.batch_fields(subset, self.fields))
-                    test = self.evaluate(self.data.test_eval, self.test_fields)
-                    row |= {f"train_{k}": v for k, v in train.items()} | {f"test_{k}": v for k, v in test.items()}
-                    if self.config.track_information or self.config.aggressive:
-                        row |= self._information_row()
-                self.history.append(row)
-                self.unscored = []
+            if row:
                 bar.set_postfix(test_loss=f"{row['test_loss']:.2f}", recon=f"{row['test_recon']:.2f}",
                                 kl=f"{row['test_kl']:.2f}")
-            if self.aggressive and self.epoch == self.config.aggressive_epochs:  # the phase's cap, if any
-                self.aggressive = False
-            if checkpoint and ((every and self.epoch % every == 0) or self.epoch == self.config.epochs):
-                self.save(checkpoint)
-            if on_epoch and row:
-                on_epoch(row)
         bar.close()
         return self.history
+
+    def end_span(self, objectives: list[float], checkpoint=None, on_epoch: Callable[[dict], None] | None = None
+                 ) -> dict | None:
+        """What follows the epochs just trained (their training ``objectives``, as ``train_epochs`` returns
+        them), where they end at an event: the history row (scored on the random stream as it is, which is
+        put back after), the end of the aggressive phase's cap, the checkpoint and ``on_epoch``. Returns the
+        new history row, if any. ``fit`` calls it after each span; ``restarts.Restarts`` after each
+        vectorised span, once per restart."""
+        self.unscored += objectives
+        self.epoch += len(objectives)
+        every, row = self.config.checkpoint_every, None
+        if self.epoch % self.config.eval_every == 0 or self.epoch == self.config.epochs:
+            row = {"epoch": self.epoch, "step": self.step, "kl_weight": self.kl_schedule(self.step - 1),
+                   "lr": self.optimizer.param_groups[0]["lr"],
+                   "train_objective": sum(self.unscored) / len(self.unscored)}
+            with preserved_rng(self.device):  # scoring draws z; training's random stream must not see it
+                subset = slice(TRAIN_EVAL_SIZE)
+                train = self.evaluate(self.data.train_eval[subset], self.data.batch_fields(subset, self.fields))
+                test = self.evaluate(self.data.test_eval, self.test_fields)
+                row |= {f"train_{k}": v for k, v in train.items()} | {f"test_{k}": v for k, v in test.items()}
+                if self.config.track_information or self.config.aggressive:
+                    row |= self._information_row()
+            self.history.append(row)
+            self.unscored = []
+        if self.aggressive and self.epoch == self.config.aggressive_epochs:  # the phase's cap, if any
+            self.aggressive = False
+        if checkpoint and ((every and self.epoch % every == 0) or self.epoch == self.config.epochs):
+            self.save(checkpoint)
+        if on_epoch and row:
+            on_epoch(row)
+        return row
 
     def _epochs_to_next_event(self, checkpoint) -> int:
         """Epochs from here to the next that needs the host: a scored row, a checkpoint, the aggressive

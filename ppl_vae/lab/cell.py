@@ -14,7 +14,7 @@ import json
 import pickle
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,9 @@ from ppl_vae import tracing
 from ppl_vae.errors import ConfigError
 from ppl_vae.evaluation import collapse
 from ppl_vae.infer.config import TrainConfig
-from ppl_vae.infer.training import Trainer, cpu_threads
+from ppl_vae.infer.random_state import rng_state
+from ppl_vae.infer.restarts import Restarts
+from ppl_vae.infer.training import Trainer, cpu_threads, resolve_device
 from ppl_vae.io import load_tensors, write_json, write_text
 from ppl_vae.lab import study
 from ppl_vae.lab.experiment_file import SECTIONS, Cell, diagnostics_config, import_plugins, pair_reference
@@ -149,56 +151,115 @@ def check_resumable(task: CellTask) -> None:
 def run_cell(task: CellTask) -> dict:
     """Train one cell into ``task.folder`` and write its metrics, checkpoint, figures and summary,
     with the CPU threads of its ``train.threads``."""
+    with _on_device(task), cpu_threads(task.threads):
+        if task.resume and (task.folder / "summary.json").exists():
+            return json.loads((task.folder / "summary.json").read_text())
+        start = time.time()
+        trainer, _ = _start(task)
+        resumed_from = trainer.epoch  # 0 for a cell that starts afresh
+        with board.writer(task.folder) if trainer.config.tensorboard else nullcontext() as tensorboard:
+            trainer.fit(task.folder / "checkpoint.pt", on_epoch=_recorder(task.folder, trainer, tensorboard))
+            return _finish(task, trainer, resumed_from, tensorboard, lambda: time.time() - start)
+
+
+def run_restarts(tasks: list[CellTask]) -> list[dict | Exception]:
+    """Train the cells ``tasks``, equal but for ``train.seed`` and ``train.kl_weight``, as one vectorised
+    program (``infer.restarts.Restarts``), each into its own folder as ``run_cell`` would; returns each
+    one's summary, or the error it stopped with (the others go on). Finished cells of a resumed run are
+    kept. Cells that cannot be vectorised raise ``NotVectorised`` before any update."""
+    task = tasks[0]
+    with _on_device(task), cpu_threads(task.threads):
+        done = {t.cell.name: json.loads((t.folder / "summary.json").read_text()) for t in tasks
+                if t.resume and (t.folder / "summary.json").exists()}
+        pending = [t for t in tasks if t.cell.name not in done]
+        if not pending:
+            return [done[t.cell.name] for t in tasks]
+        start = time.time()
+        data = load_data(task.cell.config).to(resolve_device(task.device))  # one copy for every restart
+        started = [_start(t, data) for t in pending]
+        trainers = [trainer for trainer, _ in started]
+        resumed = [trainer.epoch for trainer in trainers]
+        streams = [stream for _, stream in started] if trainers[0].step else None
+        with ExitStack() as stack:
+            boards = [stack.enter_context(board.writer(t.folder)) if trainer.config.tensorboard else None
+                      for t, trainer in zip(pending, trainers)]
+            restarts = Restarts(trainers, streams, progress=task.progress)
+            recorders = [_recorder(t.folder, trainer, b) for t, trainer, b in zip(pending, trainers, boards)]
+            outcomes = restarts.fit([t.folder / "checkpoint.pt" for t in pending], recorders)
+            trained = time.time() - start
+            for r, (t, outcome) in enumerate(zip(pending, outcomes)):
+                if isinstance(outcome, Exception):
+                    done[t.cell.name] = outcome
+                    continue
+                finishing = time.time()
+                restarts.hand_over(r)  # torch's random stream where the restart's own ended
+                done[t.cell.name] = _finish(t, trainers[r], resumed[r], boards[r],
+                                            lambda since=finishing: trained / len(pending) + time.time() - since,
+                                            vectorised=len(pending))
+    return [done[t.cell.name] for t in tasks]
+
+
+def _on_device(task: CellTask):
+    """On ``cuda:i``, what the cell allocates on "cuda" lands on its own GPU."""
     device = torch.device(task.device)
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)  # what the cell allocates on "cuda" lands on its own GPU
-    with cpu_threads(task.threads):
-        return _run_cell(task)
+    return torch.cuda.device(device) if device.type == "cuda" and device.index is not None else nullcontext()
 
 
-def _run_cell(task: CellTask) -> dict:
-    folder, config = task.folder, task.cell.config
-    summary_path, checkpoint = folder / "summary.json", folder / "checkpoint.pt"
-    if task.resume and summary_path.exists():
-        return json.loads(summary_path.read_text())
-    start = time.time()
-    data, model, guide, train = build(config)
+def _start(task: CellTask, data=None) -> tuple[Trainer, dict | None]:
+    """The cell's trainer (on ``data`` where given), loaded from its checkpoint where resumed, with its
+    ``config.json`` written; and the random state the checkpoint held (None for a fresh start)."""
+    config, checkpoint = task.cell.config, task.folder / "checkpoint.pt"
+    data, model, guide, train = build(config, data)
     trainer = Trainer(model, guide, data, train, device=task.device, progress=task.progress)
-    model, guide = trainer.model, trainer.guide  # a pair of Pyro code, as the trainer runs it (pairs.as_pair)
+    stream = None
     if task.resume and checkpoint.exists():
         trainer.load(checkpoint)
-    resumed_from = trainer.epoch  # 0 for a cell that starts afresh
-    write_json(folder / "config.json", config)
-    with board.writer(folder) if train.tensorboard else nullcontext() as tensorboard:
+        stream = rng_state(trainer.device)
+    write_json(task.folder / "config.json", config)
+    return trainer, stream
 
-        def on_epoch(row: dict) -> None:
-            write_text(folder / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in trainer.history))
-            if tensorboard is not None:
-                board.log_row(tensorboard, row)
 
-        history = trainer.fit(checkpoint, on_epoch=on_epoch)
-        last = history[-1]
-        figures = folder / "figures"
-        plots.loss_curves(history, figures / "loss.png")
-        if len(data.data_shape) == 3:  # on the training device
-            image_figures(model, guide, trainer.data.test_eval[:8], figures, tensorboard, trainer.epoch)
-    found = collapse.diagnose(model, guide, trainer.data.test_eval, diagnostics_config(config),
+def _recorder(folder: Path, trainer: Trainer, tensorboard) -> Callable[[dict], None]:
+    """``on_epoch`` for ``Trainer.fit``: the history so far to ``metrics.jsonl`` (and the row to TensorBoard)."""
+
+    def on_epoch(row: dict) -> None:
+        write_text(folder / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in trainer.history))
+        if tensorboard is not None:
+            board.log_row(tensorboard, row)
+
+    return on_epoch
+
+
+def _finish(task: CellTask, trainer: Trainer, resumed_from: int, tensorboard, seconds: Callable[[], float],
+            vectorised: int = 0) -> dict:
+    """A trained cell's figures, diagnostics, study measures and ``summary.json``; returns the summary.
+    ``seconds``: the cell's wall time when called (a vectorised restart's: its share of the program's).
+    ``vectorised``: the restarts of the program it trained in (0: alone)."""
+    folder, config, train = task.folder, task.cell.config, trainer.config
+    model, guide, data = trainer.model, trainer.guide, trainer.data  # a pair of Pyro code as the trainer runs it
+    history, figures = trainer.history, folder / "figures"
+    last = history[-1]
+    plots.loss_curves(history, figures / "loss.png")
+    if len(data.data_shape) == 3:  # on the training device
+        image_figures(model, guide, data.test_eval[:8], figures, tensorboard, trainer.epoch)
+    found = collapse.diagnose(model, guide, data.test_eval, diagnostics_config(config),
                               trainer.diagnose_kl_in_closed_form, trainer.test_fields)
-    panels = collapse.aggregate_posterior_panels(model, guide, trainer.data, FIGURE_ROWS, FIGURE_SAMPLES)
+    panels = collapse.aggregate_posterior_panels(model, guide, data, FIGURE_ROWS, FIGURE_SAMPLES)
     if panels:  # only 1-D and 2-D latent sites can be drawn
         plots.aggregate_posterior(panels, figures / "aggregate_posterior.png")
     measure = study.find(config["report"]).measure if "report" in config else None
-    measured = measure(model, guide, trainer.data, config) if measure else {}
+    measured = measure(model, guide, data, config) if measure else {}
     summary = {
         "experiment": task.experiment, "cell": task.cell.name, "data": data.name, "model": config["model"]["name"],
         "guide": config["guide"]["name"], "fields": list(trainer.fields), "estimator": train.estimator,
         "seed": train.seed, "epochs": trainer.epoch,
         "train_loss": last["train_loss"], "test_loss": last["test_loss"],
         **{k: v for k, v in found.items() if k not in ("rows",)},
-        "diagnostics_rows": found["rows"], **measured, "seconds": round(time.time() - start, 2),
+        "diagnostics_rows": found["rows"], **measured, "seconds": round(seconds(), 2),
         "device": str(trainer.device), "threads": torch.get_num_threads(), "resumed_from_epoch": resumed_from,
+        "vectorised_restarts": vectorised,
     }
-    write_json(summary_path, summary)
+    write_json(folder / "summary.json", summary)
     return summary
 
 

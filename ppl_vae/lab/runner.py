@@ -1,26 +1,31 @@
 """Grid runners: how a grid's cells are scheduled. A runner takes the cells' tasks and returns, in
 the same order, each cell's summary or, for a cell that raised, its ``CellFailure``: one failed
-cell does not stop the others. The cells themselves are independent runs (``cell.run_cell``).
+cell does not stop the others. The cells themselves are independent runs (``cell.run_cell``), but
+for the restarts of one cell under ``train.vectorise``, which run as one unit (``units``,
+``cell.run_restarts``).
 
-- ``Sequential``: one after the other in this process, each with its own progress bar.
-- ``LocalProcesses``: ``jobs`` at a time in fresh processes on this machine; on CUDA with G GPUs,
-  cell i runs on GPU i mod G.
+- ``Sequential``: one unit after the other in this process, each with its own progress bar.
+- ``LocalProcesses``: ``jobs`` units at a time in fresh processes on this machine; on CUDA with G
+  GPUs, unit i runs on GPU i mod G.
 
 A cell's CPU threads are its own ``train.threads`` under every runner, so its numbers do not
 depend on how the grid was scheduled.
 
 All print a line as each cell ends: cells done, running, failed and left, and the time left at
 the mean pace so far. ``ray_runner.RayCells`` hands the cells to Ray, on this machine or a
-cluster: another scheduler is one more class with a ``run`` method.
+cluster: another scheduler is one more class with a ``run`` method (Ray runs every cell as a task of
+its own, vectorised or not).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import time
 import traceback
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -30,7 +35,8 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from ppl_vae.lab.cell import CellTask, run_cell
+from ppl_vae.infer.restarts import PER_RESTART, NotVectorised, VectoriseWarning
+from ppl_vae.lab.cell import CellTask, run_cell, run_restarts
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,46 @@ def attempt(task: CellTask) -> dict | CellFailure:
     try:
         return run_cell(task)
     except Exception as error:  # noqa: BLE001 — whatever one cell raises, the grid goes on
-        first = (str(error).strip().splitlines() or [""])[0]
-        return CellFailure(task.cell.name, f"{type(error).__name__}: {first}", traceback.format_exc())
+        return failure(task, error)
+
+
+def failure(task: CellTask, error: BaseException) -> CellFailure:
+    first = (str(error).strip().splitlines() or [""])[0]
+    return CellFailure(task.cell.name, f"{type(error).__name__}: {first}", "".join(traceback.format_exception(error)))
+
+
+def units(tasks: list[CellTask]) -> list[list[CellTask]]:
+    """The tasks as runners schedule them: the cells with ``train.vectorise`` that differ only in
+    ``train.seed`` and ``train.kl_weight`` (``infer.restarts.PER_RESTART``) as one unit, in the order of
+    its first cell; every other cell a unit of its own."""
+    grouped: dict = {}
+    for task in tasks:
+        config = task.cell.config
+        train = config.get("train", {})
+        if train.get("vectorise"):
+            shared = {**config, "train": {k: v for k, v in train.items() if k not in PER_RESTART}}
+            key = (json.dumps(shared, sort_keys=True, default=str), task.device)
+        else:
+            key = id(task)
+        grouped.setdefault(key, []).append(task)
+    return list(grouped.values())
+
+
+def attempt_unit(unit: list[CellTask]) -> list[dict | CellFailure]:
+    """A unit's summaries or failures, in its order: a cell alone by ``attempt``; restarts as one
+    vectorised program (``cell.run_restarts``), or, where they cannot be, one by one with a
+    ``VectoriseWarning`` saying why."""
+    if len(unit) == 1 and not unit[0].cell.config.get("train", {}).get("vectorise"):
+        return [attempt(unit[0])]
+    try:
+        outcomes = run_restarts(unit)
+    except NotVectorised as reason:
+        warnings.warn(f"{len(unit)} cell(s) from {unit[0].cell.name or 'the run'} on train separately: {reason}",
+                      VectoriseWarning, stacklevel=2)
+        return [attempt(task) for task in unit]
+    except Exception as error:  # noqa: BLE001 — the program's error is each of its cells'
+        return [failure(task, error) for task in unit]
+    return [failure(task, o) if isinstance(o, Exception) else o for task, o in zip(unit, outcomes)]
 
 
 class Progress:
@@ -88,11 +132,12 @@ class Sequential:
     """Cells one after the other, in this process."""
 
     def run(self, tasks: list[CellTask], progress: bool = True) -> list[dict | CellFailure]:
-        line, results = Progress(len(tasks), progress), []
-        for task in tasks:
-            results.append(attempt(replace(task, progress=progress)))
-            line.ended_cell(results[-1], running=0)
-        return results
+        line, results = Progress(len(tasks), progress), {}
+        for unit in units(tasks):
+            for task, result in zip(unit, attempt_unit([replace(task, progress=progress) for task in unit])):
+                results[task.cell.name] = result
+                line.ended_cell(result, running=0)
+        return [results[task.cell.name] for task in tasks]
 
 
 def _die_with_driver(driver: int) -> None:
@@ -110,12 +155,14 @@ def _die_with_driver(driver: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def spread_over_gpus(tasks: list[CellTask]) -> list[CellTask]:
-    """Tasks on ``cuda`` with several GPUs visible: task i on GPU i mod G (``cuda:i``); else as they are."""
-    gpus = torch.cuda.device_count() if any(t.device == "cuda" for t in tasks) else 0
+def spread_over_gpus(grouped: list[list[CellTask]]) -> list[list[CellTask]]:
+    """Units (``units``) on ``cuda`` with several GPUs visible: unit i on GPU i mod G (``cuda:i``); else
+    as they are."""
+    gpus = torch.cuda.device_count() if any(t.device == "cuda" for unit in grouped for t in unit) else 0
     if gpus < 2:
-        return tasks
-    return [replace(t, device=f"cuda:{i % gpus}") if t.device == "cuda" else t for i, t in enumerate(tasks)]
+        return grouped
+    return [[replace(t, device=f"cuda:{i % gpus}") if t.device == "cuda" else t for t in unit]
+            for i, unit in enumerate(grouped)]
 
 
 class LocalProcesses:
@@ -135,20 +182,24 @@ class LocalProcesses:
         with ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"), initializer=_die_with_driver,
                                  initargs=(os.getpid(),)) as pool:
             # the cells' own progress bars are off when several run at once: a line per ended cell instead
-            futures = {pool.submit(attempt, replace(task, progress=False)): task for task in spread_over_gpus(tasks)}
+            futures = {pool.submit(attempt_unit, [replace(task, progress=False) for task in unit]): unit
+                       for unit in spread_over_gpus(units(tasks))}
             results = {}
             try:
                 for future in as_completed(futures):
+                    unit = futures[future]
                     try:
-                        results[future] = future.result()
-                    except BrokenProcessPool as error:  # a worker was killed: its cell, and those queued, end here
-                        results[future] = CellFailure(futures[future].cell.name,
-                                                      f"its worker process died ({error}); rerun with --resume")
-                    line.ended_cell(results[future], running=min(self.jobs, len(tasks) - line.ended - 1))
+                        ended = future.result()
+                    except BrokenProcessPool as error:  # a worker was killed: its cells, and those queued, end here
+                        ended = [CellFailure(task.cell.name, f"its worker process died ({error}); rerun with --resume")
+                                 for task in unit]
+                    for task, result in zip(unit, ended):
+                        results[task.cell.name] = result
+                        line.ended_cell(result, running=min(self.jobs, len(tasks) - line.ended - 1))
             except KeyboardInterrupt:  # Ctrl-C: stop now, not after the queued cells; checkpoints are whole
                 pool.shutdown(wait=False, cancel_futures=True)
                 for worker in set(active_children()) - others:
                     worker.terminate()
                     worker.join()
                 raise
-            return [results[future] for future in futures]
+            return [results[task.cell.name] for task in tasks]

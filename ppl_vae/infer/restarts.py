@@ -1,0 +1,405 @@
+"""Restarts of one pair trained together as one vectorised program (``train.vectorise``).
+
+Studies of collapse are studies of restarts: one pair and one data set, R seeds (in a beta sweep, R
+KL weights too). Trained one by one, a small pair's step is mostly Python and kernel launches.
+``Restarts`` trains R ``Trainer``\\ s that differ only in ``seed`` and ``kl_weight`` as one:
+
+- Their parameters, buffers and Adam moments are stacked along a leading restart dimension, and each
+  trainer's own tensors become views of its slice: its history rows, checkpoints and diagnostics
+  are those of its separate cell, without a copy.
+- The first step of each batch shape runs every restart eagerly, as its separate cell does
+  (``capture.TrainingLoss``). Restart 0's captured joint graph, its Gaussian draws made inputs
+  (``capture.noise_inputs``), is mapped over the restarts by ``torch.func.vmap`` into one graph
+  (``capture.vectorised``), compiled under ``train.compile``, and checked against the R eager steps
+  as a capture is. Every update, that first one included, is then a replay of it, so a program
+  resumed from its checkpoints continues bit for bit. (A single restart's graph is its cell's own,
+  and its first update the eager one, as in its separate cell.)
+- Each restart draws its batches and its noise from a generator of its own, seeded as its separate
+  cell seeds torch's and drawn from in the same order: every restart sees its separate cell's random
+  numbers, so it follows that cell's numbers, to the rounding of batched kernels (bit for bit at R = 1).
+- Adam is element-wise, so one fused Adam over the stacked tensors is R independent Adams (their
+  step count, the same for all, is shared). ``grad_clip`` caps each restart's gradient norm, taken
+  over its own slice of every parameter (``clip_per_restart``), never over the stack.
+- Losses stay on the device between events (history rows, checkpoints, the end); at each, every
+  restart's trainer ends the span itself (``Trainer.end_span``), on torch's random stream set to its own.
+- A restart whose objective turns non-finite stops alone: its error names the epoch, the others
+  finish (no batched kernel mixes restarts).
+
+What cannot be vectorised raises ``NotVectorised`` before any parameter is updated; the grid runner
+then trains those cells separately, with a ``VectoriseWarning`` giving the reason: configurations
+that differ in more than seed and KL weight, the aggressive schedule (its inner loops are the
+host's), input noise, capture off or refused, a graph that draws other than Gaussian noise (a
+Bernoulli latent's sample), or one that vmap cannot map.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ppl_vae.infer.capture import NoiseInput, _grad_mismatch, _reason, noise_inputs, vectorised
+from ppl_vae.infer.nonfinite import NonFiniteLossError
+from ppl_vae.infer.random_state import rng_state, set_rng_state
+from ppl_vae.infer.training import Trainer, adam, cpu_threads
+
+__all__ = ["Restarts", "NotVectorised", "VectoriseWarning", "PER_RESTART", "clip_per_restart"]
+
+#: the ``[train]`` keys in which the restarts of one program may differ
+PER_RESTART = ("seed", "kl_weight")
+
+
+class NotVectorised(Exception):
+    """These trainers cannot train as one program; the message says why. Raised before any update."""
+
+
+class VectoriseWarning(UserWarning):
+    """Cells asked to train vectorised ran separately (slower, the same numbers); the message says why."""
+
+
+@dataclass
+class VectorisedGraph:
+    """A step of R restarts: ``graph(*stacked state, x, weights, scale, release, *fields, *noise)`` gives
+    the R losses and the stacked gradients of the inputs ``grad_of``; ``draws``: the noise it takes."""
+
+    graph: Callable
+    draws: list[NoiseInput]
+    grad_of: list[int]
+
+
+def clip_per_restart(grads: list[torch.Tensor], max_norm: float) -> None:
+    """``torch.nn.utils.clip_grad_norm_`` for each restart alone, on its slice of the stacked gradients
+    ``grads`` (restart first), in place: each restart's norm over all of its gradients capped at
+    ``max_norm``, with torch's own arithmetic, so a restart is clipped as its separate cell is."""
+    totals = torch.stack([torch.nn.utils.get_total_norm([g[r] for g in grads]) for r in range(len(grads[0]))])
+    coefficients = (max_norm / (totals + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coefficients.view(-1, *[1] * (g.dim() - 1)))
+
+
+class Restarts:
+    """R trainers of one pair on one data set, equal but for ``seed`` and ``kl_weight``, trained as
+    one vectorised program; ``fit`` returns each one's history, or the error it stopped with.
+
+    :param trainers: built as for separate cells (each pair seeded by its own ``train.seed``), on the
+        same ``Dataset`` object, and each at the same step (loaded from its checkpoint to resume).
+    :param streams: each trainer's random state where it was loaded from a checkpoint (``rng_state``
+        just after ``Trainer.load``); at step 0 each stream is seeded with its ``train.seed`` instead.
+    :param progress: show a progress bar over epochs.
+    """
+
+    def __init__(self, trainers: list[Trainer], streams: list[dict] | None = None, progress: bool = False):
+        first = trainers[0]
+        _check_alike(trainers)
+        self.trainers, self.progress, self.R = trainers, progress, len(trainers)
+        self.config, self.device, self.data = first.config, first.device, first.data
+        self.step, self.epoch = first.step, first.epoch
+        self.generators = [torch.Generator(self.device) for _ in trainers]
+        self.cpu_streams = [torch.get_rng_state() for _ in trainers]  # on CUDA: the CPU part of each stream
+        if streams:
+            for r, stream in enumerate(streams):
+                self._set_stream(r, stream)
+        self.failed: list[Exception | None] = [None] * self.R
+        self.graphs: dict[tuple, VectorisedGraph] = {}
+        self._stack()
+
+    def _stack(self) -> None:
+        """Stack each parameter and buffer over the restarts and make each trainer's tensors views of its
+        slice; one Adam and one schedule over the stacks, with the trainers' own state where resumed."""
+        losses = [t.loss for t in self.trainers]
+        self.state = []
+        for i in range(len(losses[0].state)):
+            stacked = torch.stack([loss.state[i].detach() for loss in losses])
+            for r, loss in enumerate(losses):
+                loss.state[i].data = stacked[r]
+            self.state.append(stacked)
+        self.trainable = losses[0].trainable
+        self.names = [losses[0].names[i] for i in self.trainable]
+        for i in self.trainable:
+            self.state[i].requires_grad_()
+        self.trainable_tensors = [self.state[i] for i in self.trainable]
+        first = self.trainers[0]
+        self.optimizer = adam(self.trainable_tensors, self.config.lr)
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, first.scheduler.gamma)
+        self.scheduler.load_state_dict(first.scheduler.state_dict())
+        self.optimizer.param_groups[0]["lr"] = first.optimizer.param_groups[0]["lr"]
+        for stacked, i in zip(self.trainable_tensors, self.trainable):
+            states = [t.optimizer.state.get(loss.state[i]) for t, loss in zip(self.trainers, losses)]
+            if all(states):  # resumed: each trainer's Adam moments, one step count
+                self.optimizer.state[stacked] = {"step": states[0]["step"].clone(),
+                                                 **{k: torch.stack([s[k] for s in states]) for k in states[0]
+                                                    if k != "step"}}
+
+    # random streams: a generator per restart, on the training device --------------------------------
+    def _stream(self, r: int) -> dict[str, torch.Tensor]:
+        """Restart ``r``'s random state as ``rng_state`` gives torch's: what its separate cell's would be."""
+        if self.device.type == "cuda":
+            return {"torch": self.cpu_streams[r], "cuda": self.generators[r].get_state()}
+        return {"torch": self.generators[r].get_state()}
+
+    def _set_stream(self, r: int, state: dict[str, torch.Tensor]) -> None:
+        if self.device.type == "cuda":
+            self.cpu_streams[r] = state["torch"].cpu()
+            self.generators[r].set_state(state["cuda"].cpu())
+        else:
+            self.generators[r].set_state(state["torch"].cpu())
+
+    def seed(self) -> None:
+        """Each restart's stream seeded with its ``train.seed``, as ``Trainer.fit`` seeds torch's at step 0
+        (``pyro.set_rng_seed``); ``fit`` does this at step 0."""
+        for r, trainer in enumerate(self.trainers):
+            self.generators[r].manual_seed(trainer.config.seed)
+            self.cpu_streams[r] = torch.Generator().manual_seed(trainer.config.seed).get_state()
+
+    def hand_over(self, r: int) -> Trainer:
+        """Trainer ``r`` brought up to date (step, learning rate, schedule, Adam moments as views of its
+        slice) and torch's random stream set to restart ``r``'s: it scores, saves and diagnoses as its
+        separate cell would at this point."""
+        trainer, loss = self.trainers[r], self.trainers[r].loss
+        trainer.step = self.step
+        trainer.scheduler.load_state_dict(self.scheduler.state_dict())
+        trainer.optimizer.param_groups[0]["lr"] = self.optimizer.param_groups[0]["lr"]
+        for stacked, i in zip(self.trainable_tensors, self.trainable):
+            state = self.optimizer.state.get(stacked)
+            if state:
+                trainer.optimizer.state[loss.state[i]] = {k: v if k == "step" else v[r] for k, v in state.items()}
+        set_rng_state(self._stream(r), self.device)
+        return trainer
+
+    # training --------------------------------------------------------------------------------------
+    def fit(self, checkpoints: list[str | Path | None] | None = None,
+            on_epoch: list[Callable[[dict], None] | None] | None = None) -> list[list[dict] | Exception]:
+        """Train the remaining epochs (``Trainer.fit`` for every restart at once): each restart's history
+        rows, checkpoints (``checkpoints[r]``) and ``on_epoch[r]`` calls are its separate cell's. Returns,
+        per restart, its history or the ``NonFiniteLossError`` it stopped with."""
+        checkpoints = checkpoints or [None] * self.R
+        on_epoch = on_epoch or [None] * self.R
+        with cpu_threads(self.config.threads):
+            if self.step == 0:
+                self.seed()
+            bar = tqdm(desc=f"epochs ({self.R} restarts)", disable=not self.progress, initial=self.epoch,
+                       total=self.config.epochs, leave=False)
+            while self.epoch < self.config.epochs and not all(self.failed):
+                live = next(r for r in range(self.R) if not self.failed[r])
+                span = self.trainers[live]._epochs_to_next_event(checkpoints[live])
+                objectives = self.train_epochs(span)
+                for r in range(self.R):
+                    if not self.failed[r]:
+                        self._end_span(r, [row[r] for row in objectives], checkpoints[r], on_epoch[r])
+                self.epoch += span
+                bar.update(span)
+            bar.close()
+        return [self.failed[r] or t.history for r, t in enumerate(self.trainers)]
+
+    def train_epochs(self, count: int) -> list[list[float]]:
+        """``count`` passes of every restart over its shuffled training set (``Trainer.train_epochs`` for
+        all at once); each pass's mean training objective per restart, read back once, after the last.
+        ``self.epoch`` is left where it was (``fit`` advances it)."""
+        sums = torch.stack([self._run_epoch() for _ in range(count)]).tolist()
+        return [[total / len(self.data.train) for total in row] for row in sums]
+
+    def _end_span(self, r: int, objectives: list[float], checkpoint, on_epoch) -> None:
+        bad = next((i for i, objective in enumerate(objectives) if not math.isfinite(objective)), None)
+        if bad is None:
+            self.hand_over(r).end_span(objectives, checkpoint, on_epoch)
+            return
+        epoch = self.epoch + bad + 1
+        self.failed[r] = NonFiniteLossError(
+            f"the training objective of epoch {epoch} was {objectives[bad]} (restart with train.seed = "
+            f"{self.trainers[r].config.seed}, trained vectorised with {self.R - 1} other(s), which went on): "
+            "continue it with --resume --set train.vectorise=false, which replays it alone from its last "
+            "checkpoint and names the step and the site; then lower train.lr or check the data")
+
+    def _run_epoch(self) -> torch.Tensor:
+        """One shuffled epoch of every restart, each in its own order; the summed objectives ``[R]``."""
+        n = len(self.data.train)
+        total = torch.zeros(self.R, device=self.device)
+        batch_size = self.trainers[0].batch_size
+        if batch_size == n:  # full batch, in place
+            batches = [None]
+        else:
+            batches = torch.stack([torch.randperm(n, generator=g, device=self.device)
+                                   for g in self.generators]).split(batch_size, dim=1)
+        for index in batches:
+            total += self._step(*self._batch(index)) * (n if index is None else index.shape[1])
+        return total
+
+    def _batch(self, index: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor], int | None]:
+        """The restarts' batches (rows ``index[r]`` for restart r; None: the whole set) and their fields;
+        shared by all (dimension None) where every restart has the same, else stacked (dimension 0)."""
+        data, names = self.data, self.trainers[0].fields
+        if index is None and data.binarize != "dynamic":
+            return data.batch(slice(None)), data.batch_fields(slice(None), names), None
+        rows = [slice(None)] * self.R if index is None else list(index)
+        x = torch.stack([data.batch(i, g) for i, g in zip(rows, self.generators)])
+        fields = {name: torch.stack([data.batch_fields(i, (name,))[name] for i in rows]) for name in names}
+        return x, fields, 0
+
+    def _step(self, x: torch.Tensor, fields: dict[str, torch.Tensor], x_dim: int | None) -> torch.Tensor:
+        """One Adam step of every restart; their training objectives per example, ``[R]`` on the device."""
+        batch = x.shape[1] if x_dim == 0 else x.shape[0]
+        weights = torch.tensor([t.kl_schedule(self.step) for t in self.trainers], device=self.device)
+        scale = torch.full((), 1 / batch, device=self.device, dtype=self.data.train.dtype)
+        release = torch.full((), self.trainers[0].free_bits_release(self.step), device=self.device,
+                             dtype=self.data.train.dtype)
+        shape = x.shape[1:] if x_dim == 0 else x.shape
+        key = (tuple(shape), x.dtype, x_dim, *((name, tuple(t.shape), t.dtype) for name, t in fields.items()))
+        for t in self.trainable_tensors:
+            t.grad = None
+        if key not in self.graphs:
+            loss = self._first(key, x, weights, scale, release, fields, x_dim)
+        else:
+            step = self.graphs[key]
+            noise = [torch.stack([draw.draw(g) for g in self.generators]) for draw in step.draws]
+            with torch.no_grad():
+                loss, *grads = step.graph(*self.state, x, weights, scale, release, *fields.values(), *noise)
+            self._set_grads(step.grad_of, grads)
+        if self.config.grad_clip:
+            clip_per_restart([t.grad for t in self.trainable_tensors if t.grad is not None], self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return loss.detach()
+
+    def _set_grads(self, inputs: list[int], grads) -> None:
+        for i, g in zip(inputs, grads):
+            p = self.state[i]
+            p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
+
+    def _first(self, key, x, weights, scale, release, fields, x_dim) -> torch.Tensor:
+        """The first step of a batch shape: each restart eagerly from its own stream, as its separate
+        cell's first step (restart 0's captured), then the vectorised graph made and checked."""
+        before = [self._stream(r) for r in range(self.R)]
+        losses, grads = [], []
+        for r, trainer in enumerate(self.trainers):
+            set_rng_state(before[r], self.device)
+            trainer.loss.capture, trainer.loss.compile = r == 0, False  # the graph is vectorised, then compiled
+            x_r, fields_r = (x[r], {k: v[r] for k, v in fields.items()}) if x_dim == 0 else (x, fields)
+            losses.append(trainer.loss.loss_and_grads(x_r, weights[r], scale, release, fields_r))
+            if r == 0:  # the key TrainingLoss files the captured graph under
+                captured = (tuple(x_r.shape), x_r.dtype, x_r.device,
+                            *((name, tuple(t.shape), t.dtype) for name, t in fields_r.items()))
+            grads.append([t.grad for t in trainer.loss.trainable_tensors])
+            self._set_stream(r, rng_state(self.device))
+        loss = torch.stack(losses)
+        for j, stacked in enumerate(self.trainable_tensors):
+            if grads[0][j] is not None:
+                stacked.grad = torch.stack([g[j] for g in grads])
+        inputs = (x, weights, scale, release, *fields.values())
+        self.graphs[key] = step = self._vectorise(captured, inputs, x_dim, before, loss)
+        if self.R > 1:  # the step replayed, so every update of the program is the graph's, resumed or not
+            loss, *grads = self._replay(step, inputs, before)
+            for t in self.trainable_tensors:
+                t.grad = None
+            self._set_grads(step.grad_of, grads)
+        return loss
+
+    def _replay(self, step: VectorisedGraph, inputs, streams: list[dict]) -> list[torch.Tensor]:
+        """``step`` on ``inputs`` with each restart's noise drawn from ``streams`` (its generator left as it is)."""
+        generators = [torch.Generator(self.device) for _ in range(self.R)]
+        for g, state in zip(generators, streams):
+            g.set_state(state["cuda" if self.device.type == "cuda" else "torch"].cpu())
+        noise = [torch.stack([draw.draw(g) for g in generators]) for draw in step.draws]
+        with torch.no_grad():
+            return step.graph(*self.state, *inputs, *noise)
+
+    def _vectorise(self, captured: tuple, inputs, x_dim, before, loss) -> VectorisedGraph:
+        """Restart 0's captured graph with its noise as inputs, vmapped over the restarts, checked from
+        each restart's stream before the step against its eager loss and gradients (then compiled)."""
+        joint = self.trainers[0].loss.graphs.get(captured)
+        if joint is None:
+            raise NotVectorised("the pair's training loss is not captured (see the CaptureWarning before), and only "
+                                "a captured graph can be vectorised")
+        fields = len(inputs) - 4
+        try:
+            plain = copy.deepcopy(joint.graph)
+            draws = noise_inputs(plain)
+            in_dims = (0,) * len(self.state) + (x_dim, 0, None, None) + (x_dim,) * fields + (0,) * len(draws)
+            examples = [torch.empty(self.R, *d.shape, dtype=d.dtype, device=d.device) for d in draws]
+            graph = (vectorised(plain, in_dims, (*self.state, *inputs, *examples)) if self.R > 1
+                     else _one_restart(plain, in_dims))
+        except Exception as error:  # noqa: BLE001 — whatever vmap or the rewrite refuses, the cells run separately
+            raise NotVectorised(f"the captured training loss cannot be vectorised: {_reason(error)}") from error
+        step = VectorisedGraph(graph, draws, joint.grad_of)
+        mismatch = self._mismatch(step, inputs, before, loss)
+        if mismatch:
+            raise NotVectorised(f"the vectorised training loss {mismatch} from the same random state")
+        if self.config.compile:
+            self._compile(step, inputs, before, loss)
+        return step
+
+    def _mismatch(self, step: VectorisedGraph, inputs, before, loss) -> str | None:
+        """How ``step``, from the streams ``before``, differs from the eager losses ``loss`` and the
+        stacked gradients now set; None where it does not (the capture's tolerances)."""
+        replayed, *grads = self._replay(step, inputs, before)
+        scale = inputs[2].abs().item()
+        if not torch.allclose(replayed, loss, rtol=1e-5, atol=1e-5 * scale, equal_nan=True):
+            return f"gave {replayed.tolist()} where the restarts give {loss.tolist()}"
+        by_input = dict(zip(step.grad_of, grads))
+        for r in range(self.R):
+            mismatch = _grad_mismatch(self.names, [by_input[i][r] if i in by_input else None for i in self.trainable],
+                                      [None if t.grad is None else t.grad[r] for t in self.trainable_tensors])
+            if mismatch:
+                return f"gives restart {r} the pair's loss but not its gradients: {mismatch}"
+        return None
+
+    def _compile(self, step: VectorisedGraph, inputs, before, loss) -> None:
+        """``step.graph`` compiled by Inductor where it compiles and passes ``_mismatch``; else left, with a
+        ``CaptureWarning``-like ``VectoriseWarning``."""
+        plain = step.graph
+        try:
+            step.graph = torch.compile(plain, backend="inductor", dynamic=False, fullgraph=True)
+            mismatch = self._mismatch(step, inputs, before, loss)
+        except Exception as error:  # noqa: BLE001 — a compiler failure leaves the uncompiled replay
+            mismatch = f"could not be compiled ({_reason(error)})"
+        if mismatch:
+            step.graph = plain
+            warnings.warn(f"the vectorised training loss {mismatch}; replaying it uncompiled", VectoriseWarning,
+                          stacklevel=6)
+
+
+def _one_restart(graph: torch.fx.GraphModule, in_dims: tuple) -> Callable:
+    """For R = 1 there is nothing to map: ``graph`` itself on the restart's slice of each input, its
+    outputs given the restart dimension, so a single restart replays its separate cell's graph bit for bit
+    (a vmapped one reduces over other dimensions, and rounds otherwise)."""
+
+    def step(*inputs):
+        outputs = graph(*[t[0] if dim == 0 else t for t, dim in zip(inputs, in_dims)])
+        return [t.unsqueeze(0) for t in outputs]
+
+    return step
+
+
+def _check_alike(trainers: list[Trainer]) -> None:
+    """``NotVectorised`` unless the trainers can train as one program (see the module's docstring)."""
+    first = trainers[0]
+    base = {k: v for k, v in asdict(first.config).items() if k not in PER_RESTART}
+    for t in trainers[1:]:
+        other = {k: v for k, v in asdict(t.config).items() if k not in PER_RESTART}
+        differ = sorted(k for k in base if base[k] != other[k])
+        if differ:
+            raise NotVectorised(f"the restarts' [train] differ in {', '.join(differ)}, and only "
+                                f"{' and '.join(PER_RESTART)} may differ within one program")
+        if t.data.train is not first.data.train:
+            raise NotVectorised("the restarts were given different Dataset objects: build them on one")
+        if [tuple(s.shape) for s in t.loss.state] != [tuple(s.shape) for s in first.loss.state]:
+            raise NotVectorised("the restarts' pairs have parameters of different shapes")
+        if t.step != first.step:
+            raise NotVectorised(f"the restarts stand at different steps ({first.step} and {t.step}): resume them "
+                                "from checkpoints of one epoch, or separately")
+    config = first.config
+    refused = {"aggressive": config.aggressive, "input_noise": config.input_noise != "none",
+               "capture = false": not config.capture}
+    named = [k for k, v in refused.items() if v]
+    if named:
+        raise NotVectorised(f"[train] {', '.join(named)} cannot be vectorised (the aggressive schedule's inner loops "
+                            "and input noise are the host's; a vectorised step replays a captured graph)")
+    refusal = getattr(getattr(first.loss_fn, "elbo", None), "capture_refusal", None)
+    if refusal:
+        raise NotVectorised(refusal)
