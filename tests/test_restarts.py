@@ -281,10 +281,13 @@ def test_a_vectorised_grid_writes_each_cells_folder_and_resumes_exactly(tmp_path
     assert len(rows) == 4 and rows[0].startswith("seed,")
 
 
-def test_a_grid_whose_pair_cannot_be_vectorised_runs_its_cells_separately_with_a_warning(tmp_path):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_grid_whose_pair_cannot_be_vectorised_runs_its_cells_separately_with_a_warning(tmp_path, jobs):
+    """The refusal comes back to the runner, which warns and schedules each cell alone (over both
+    workers under --jobs 2)."""
     path = tmp_path / "grid.toml"
     path.write_text(GRID.replace("vectorise = true", "vectorise = true\ncapture = false"))
     with pytest.warns(VectoriseWarning, match="3 cell\\(s\\).*train separately: \\[train\\] capture = false"):
-        summaries = run(path, tmp_path / "out", progress=False)
+        summaries = run(path, tmp_path / "out", progress=False, jobs=jobs)
     assert [s["vectorised_restarts"] for s in summaries] == [0, 0, 0]
     assert all(json.loads((tmp_path / "out" / s["cell"] / "summary.json").read_text()) == s for s in summaries)

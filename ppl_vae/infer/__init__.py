@@ -3,9 +3,9 @@
 Handlers that scale or floor a site's KL (``handlers``), the estimators of the bound
 (``objectives``: ``mc``, ``analytic``, ``iw``), any pair SVI accepts made trainable (``pairs``),
 the captured and compiled loss (``capture``), the trainer and its configuration (``training``,
-``config``), the replay that names a non-finite step's sites (``nonfinite``), the random state
-(``random_state``), and the per-datapoint ELBO terms and importance-weighted log-likelihood
-(``bounds``).
+``config``), restarts trained as one vectorised program (``restarts``), the replay that names a
+non-finite step's sites (``nonfinite``), the random state (``random_state``), and the
+per-datapoint ELBO terms and importance-weighted log-likelihood (``bounds``).
 """
 
 from ppl_vae.infer import objectives  # noqa: F401  (registers the estimators)
@@ -13,7 +13,8 @@ from ppl_vae.infer.bounds import elbo_terms, evaluate, importance_log_likelihood
 from ppl_vae.infer.config import DiagnosticsConfig, TrainConfig
 from ppl_vae.infer.handlers import FreeBits, FreeBitsRelease, KLSchedule, KLWeight
 from ppl_vae.infer.nonfinite import NonFiniteLossError
+from ppl_vae.infer.restarts import Restarts
 from ppl_vae.infer.training import Trainer
 
 __all__ = ["Trainer", "TrainConfig", "DiagnosticsConfig", "KLWeight", "KLSchedule", "FreeBits", "FreeBitsRelease",
-           "NonFiniteLossError", "elbo_terms", "evaluate", "importance_log_likelihood"]
+           "NonFiniteLossError", "Restarts", "elbo_terms", "evaluate", "importance_log_likelihood"]

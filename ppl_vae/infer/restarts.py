@@ -107,6 +107,10 @@ class Restarts:
                 self._set_stream(r, stream)
         self.failed: list[Exception | None] = [None] * self.R
         self.graphs: dict[tuple, VectorisedGraph] = {}
+        # the KL weight of each restart, the objective's scale, the free-bits release: as Trainer's
+        self.weights, self.weight_values = torch.zeros(self.R, device=self.device), None
+        self.scale = torch.ones((), device=self.device, dtype=self.data.train.dtype)
+        self.release = torch.ones((), device=self.device, dtype=self.data.train.dtype)
         self._stack()
 
     def _stack(self) -> None:
@@ -244,10 +248,14 @@ class Restarts:
     def _step(self, x: torch.Tensor, fields: dict[str, torch.Tensor], x_dim: int | None) -> torch.Tensor:
         """One Adam step of every restart; their training objectives per example, ``[R]`` on the device."""
         batch = x.shape[1] if x_dim == 0 else x.shape[0]
-        weights = torch.tensor([t.kl_schedule(self.step) for t in self.trainers], device=self.device)
-        scale = torch.full((), 1 / batch, device=self.device, dtype=self.data.train.dtype)
-        release = torch.full((), self.trainers[0].free_bits_release(self.step), device=self.device,
-                             dtype=self.data.train.dtype)
+        weights, scale, release = self.weights, self.scale, self.release  # inputs of the graph, filled in place
+        values = [t.kl_schedule(self.step) for t in self.trainers]
+        if values != self.weight_values:  # a constant weight is set once (no copy to the device a step)
+            for r, value in enumerate(values):
+                weights[r].fill_(value)
+            self.weight_values = values
+        scale.fill_(1 / batch)
+        release.fill_(self.trainers[0].free_bits_release(self.step))
         shape = x.shape[1:] if x_dim == 0 else x.shape
         key = (tuple(shape), x.dtype, x_dim, *((name, tuple(t.shape), t.dtype) for name, t in fields.items()))
         for t in self.trainable_tensors:

@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from multiprocessing import active_children, get_context
@@ -79,21 +79,27 @@ def units(tasks: list[CellTask]) -> list[list[CellTask]]:
     return list(grouped.values())
 
 
-def attempt_unit(unit: list[CellTask]) -> list[dict | CellFailure]:
+def attempt_unit(unit: list[CellTask], vectorise: bool = True) -> list[dict | CellFailure] | NotVectorised:
     """A unit's summaries or failures, in its order: a cell alone by ``attempt``; restarts as one
-    vectorised program (``cell.run_restarts``), or, where they cannot be, one by one with a
-    ``VectoriseWarning`` saying why."""
-    if len(unit) == 1 and not unit[0].cell.config.get("train", {}).get("vectorise"):
-        return [attempt(unit[0])]
+    vectorised program (``cell.run_restarts``). Where they cannot be, the ``NotVectorised`` saying why,
+    before any work: the runner then schedules each cell alone (``vectorise = False``), with a warning
+    (``separately``)."""
+    if not vectorise or (len(unit) == 1 and not unit[0].cell.config.get("train", {}).get("vectorise")):
+        return [attempt(task) for task in unit]
     try:
         outcomes = run_restarts(unit)
     except NotVectorised as reason:
-        warnings.warn(f"{len(unit)} cell(s) from {unit[0].cell.name or 'the run'} on train separately: {reason}",
-                      VectoriseWarning, stacklevel=2)
-        return [attempt(task) for task in unit]
+        return reason
     except Exception as error:  # noqa: BLE001 — the program's error is each of its cells'
         return [failure(task, error) for task in unit]
     return [failure(task, o) if isinstance(o, Exception) else o for task, o in zip(unit, outcomes)]
+
+
+def separately(unit: list[CellTask], reason: NotVectorised) -> list[list[CellTask]]:
+    """The cells of a unit that could not be vectorised, each a unit of its own, with a ``VectoriseWarning``."""
+    warnings.warn(f"{len(unit)} cell(s) from {unit[0].cell.name or 'the run'} on train separately: {reason}",
+                  VectoriseWarning, stacklevel=3)
+    return [[task] for task in unit]
 
 
 class Progress:
@@ -132,9 +138,14 @@ class Sequential:
     """Cells one after the other, in this process."""
 
     def run(self, tasks: list[CellTask], progress: bool = True) -> list[dict | CellFailure]:
-        line, results = Progress(len(tasks), progress), {}
-        for unit in units(tasks):
-            for task, result in zip(unit, attempt_unit([replace(task, progress=progress) for task in unit])):
+        line, results, queue = Progress(len(tasks), progress), {}, [(unit, True) for unit in units(tasks)]
+        while queue:
+            unit, vectorise = queue.pop(0)
+            ended = attempt_unit([replace(task, progress=progress) for task in unit], vectorise)
+            if isinstance(ended, NotVectorised):
+                queue[:0] = [(cell, False) for cell in separately(unit, ended)]
+                continue
+            for task, result in zip(unit, ended):
                 results[task.cell.name] = result
                 line.ended_cell(result, running=0)
         return [results[task.cell.name] for task in tasks]
@@ -182,20 +193,27 @@ class LocalProcesses:
         with ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"), initializer=_die_with_driver,
                                  initargs=(os.getpid(),)) as pool:
             # the cells' own progress bars are off when several run at once: a line per ended cell instead
-            futures = {pool.submit(attempt_unit, [replace(task, progress=False) for task in unit]): unit
-                       for unit in spread_over_gpus(units(tasks))}
+            def submit(unit: list[CellTask], vectorise: bool = True):
+                return pool.submit(attempt_unit, [replace(task, progress=False) for task in unit], vectorise)
+
+            pending = {submit(unit): unit for unit in spread_over_gpus(units(tasks))}
             results = {}
             try:
-                for future in as_completed(futures):
-                    unit = futures[future]
-                    try:
-                        ended = future.result()
-                    except BrokenProcessPool as error:  # a worker was killed: its cells, and those queued, end here
-                        ended = [CellFailure(task.cell.name, f"its worker process died ({error}); rerun with --resume")
-                                 for task in unit]
-                    for task, result in zip(unit, ended):
-                        results[task.cell.name] = result
-                        line.ended_cell(result, running=min(self.jobs, len(tasks) - line.ended - 1))
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        unit = pending.pop(future)
+                        try:
+                            ended = future.result()
+                        except BrokenProcessPool as error:  # a worker was killed: its cells, and those queued, end
+                            ended = [CellFailure(task.cell.name, f"its worker process died ({error}); rerun with "
+                                                 "--resume") for task in unit]
+                        if isinstance(ended, NotVectorised):  # its cells queued again, each alone
+                            pending |= {submit(cell, False): cell for cell in separately(unit, ended)}
+                            continue
+                        for task, result in zip(unit, ended):
+                            results[task.cell.name] = result
+                            line.ended_cell(result, running=min(self.jobs, len(tasks) - line.ended - 1))
             except KeyboardInterrupt:  # Ctrl-C: stop now, not after the queued cells; checkpoints are whole
                 pool.shutdown(wait=False, cancel_futures=True)
                 for worker in set(active_children()) - others:
