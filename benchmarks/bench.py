@@ -234,13 +234,14 @@ class HandWrittenDLGM(nn.Module):
         return (log_qz - log_pz - log_px).sum()
 
 
-def single_bit_cell(n: int = 5) -> dict:
-    """The bundled ``single-bit`` study's 2-layer DLGM cell at ``n`` bits, as a cell config."""
+def single_bit_cell(n: int = 5, family: str = "dlgm") -> dict:
+    """The bundled ``single-bit`` study's cell of ``family`` (the 2-layer DLGM by default) at ``n`` bits,
+    as a cell config."""
     from ppl_vae.lab import experiment_file
 
     _, config = experiment_file.load("single-bit")
     return next(c.config for c in experiment_file.cells(config)
-                if c.values.get("n") == n and c.values.get("family") == "dlgm")
+                if c.values.get("n") == n and c.values.get("family") == family)
 
 
 def bench_single_bit(n: int, rounds: int, device: torch.device, steps: int = 50, compile: bool = True,
@@ -293,16 +294,17 @@ def bench_single_bit(n: int, rounds: int, device: torch.device, steps: int = 50,
 
 
 def bench_restarts(n: int, rounds: int, device: torch.device, restarts: int = 8, steps: int = 20,
-                   compile: bool = True, log=print) -> dict:
-    """Training steps per second of ``restarts`` restarts of the single-bit study's 2-layer cell at ``n``
-    bits (seeds 0, 1, ...; full batch, free bits and the gradient cap as the study has them): as one
+                   compile: bool = True, family: str = "dlgm", log=print) -> dict:
+    """Training steps per second of ``restarts`` restarts of the single-bit study's cell of ``family`` at
+    ``n`` bits (seeds 0, 1, ...; full batch, as the study has it: the 2-layer cell with its free bits and
+    gradient cap by default, ``"gaussian"`` the 1-layer VAE): as one
     vectorised program (``train.vectorise``, ``Restarts.train_epochs``) against the same restarts as
     separate cells one after the other in this process (``Trainer.train_epochs``, as ``fit`` runs them),
     ``steps`` epochs of each per round; a restart-step is one step of one restart."""
     from ppl_vae.infer.restarts import Restarts
     from ppl_vae.lab.cell import build, load_data
 
-    config = single_bit_cell(n)
+    config = single_bit_cell(n, family)
     config["train"] = {**config["train"], "compile": compile}
     data = load_data(config).to(device)
 
@@ -329,13 +331,13 @@ def bench_restarts(n: int, rounds: int, device: torch.device, restarts: int = 8,
 
     variants = {"separate": one_by_one, "vectorised": lambda: program.train_epochs(steps)}
     times, first = _interleaved(variants, rounds, steps * restarts, device, lambda round_, times: log(
-        f"  {restarts} restarts, single-bit n={n} round {round_}/{rounds}: "
+        f"  {restarts} restarts, single-bit {family} n={n} round {round_}/{rounds}: "
         + ", ".join(f"{k} {t[-1]:.2f}" for k, t in times.items()) + " ms/restart-step"))
     medians = {name: statistics.median(t) for name, t in times.items()}
     # the two sides trained the same restarts: each ends where the other does, to float rounding
     difference = max((p - q).abs().max().item() for t, u in zip(separate, program.trainers)
                      for p, q in zip(t.loss_fn.parameters(), u.loss_fn.parameters()))
-    return {"n": n, "restarts": restarts, "compile": compile, "max_parameter_difference": difference,
+    return {"n": n, "family": family, "restarts": restarts, "compile": compile, "max_parameter_difference": difference,
             "same_step": all(t.step == program.step for t in separate), "steps_per_round": steps, "rounds": rounds,
             "threads": torch.get_num_threads(), "ms_per_restart_step": medians,
             "restart_steps_per_s": {name: 1000 / t for name, t in medians.items()},
@@ -487,8 +489,8 @@ def run(out: str | Path = "runs/bench.json", device: str = "auto", rounds: int =
                                    log=log) for n in ((5,) if quick else (5, 1000))]
     log(f"restarts as one vectorised program against separate cells ({torch.get_num_threads()} threads):")
     restarts = [bench_restarts(n, rounds=min(rounds, 11), device=device, steps=2 if quick else 20,
-                               restarts=2 if quick else 8, compile=not quick, log=log)
-                for n in ((5,) if quick else (5, 1000))]
+                               restarts=2 if quick else 8, compile=not quick, family=family, log=log)
+                for family in ("dlgm", "gaussian") for n in ((5,) if quick else (5, 1000))]
     log("dSprites-like generator:")
     generator = [bench_generator(size, 1 if quick else 5, log) for size in (64, 32)]
     log("importance-weighted log-likelihood:")
@@ -551,11 +553,11 @@ def table(result: dict) -> str:
                          f"{_compiled_columns(v, r, 0)} | {v.get('toolkit-one-read', math.nan):.0f} | "
                          f"{r.get('one_read_ratio', math.nan):.3f} |")
     if result.get("restarts"):
-        lines += ["", "| single-bit 2-layer cell, restarts | threads | compiled | separate restart-steps/s "
+        lines += ["", "| single-bit cell, restarts | threads | compiled | separate restart-steps/s "
                   "| vectorised restart-steps/s | speed-up |", "|---|---:|:---:|---:|---:|---:|"]
         for r in result["restarts"]:
             v = r["restart_steps_per_s"]
-            lines.append(f"| n = {r['n']}, {r['restarts']} restarts | {r['threads']} | "
+            lines.append(f"| {r['family']}, n = {r['n']}, {r['restarts']} restarts | {r['threads']} | "
                          f"{'yes' if r['compile'] else 'no'} | {v['separate']:.0f} | {v['vectorised']:.0f} | "
                          f"{r['speed_up']:.3f} |")
     for r in result.get("sync_free", []):
