@@ -181,6 +181,17 @@ def vectorised(graph: torch.fx.GraphModule, in_dims: tuple, inputs: tuple) -> to
     return graph
 
 
+def set_grads(state: list[torch.Tensor], inputs: list[int], grads) -> None:
+    """Each gradient as the ``.grad`` of ``state[i]`` for ``i`` in ``inputs``, in that tensor's memory layout
+    (as autograd's accumulation lays it out): the fused Adam refuses a gradient strided otherwise, and a
+    compiled graph may return one (Inductor picks its outputs' layouts)."""
+    for i, g in zip(inputs, grads):
+        p = state[i]
+        if g is not None and g.stride() != p.stride():
+            g = torch.empty_strided(p.shape, p.stride(), dtype=g.dtype, device=g.device).copy_(g)
+        p.grad = g
+
+
 class TrainingLoss:
     """``loss_and_grads(x, weight, scale, release)``: the estimator's loss on a batch with KL weight
     ``weight`` (a 0-dim tensor) and the ``free_bits`` floors times ``release``, times ``scale``, with
@@ -251,14 +262,7 @@ class TrainingLoss:
         return loss
 
     def _set_grads(self, inputs: list[int], grads) -> None:
-        """Each gradient as its parameter's ``.grad``, in the parameter's memory layout (as autograd's
-        accumulation lays it out): the fused Adam refuses a gradient strided otherwise, and a
-        compiled graph may return one (Inductor picks its outputs' layouts)."""
-        for i, g in zip(inputs, grads):
-            p = self.state[i]
-            if g is not None and g.stride() != p.stride():
-                g = torch.empty_strided(p.shape, p.stride(), dtype=g.dtype, device=g.device).copy_(g)
-            p.grad = g
+        set_grads(self.state, inputs, grads)
 
     def _handlers(self, x: torch.Tensor, weight: torch.Tensor, release: torch.Tensor) -> ExitStack:
         """The KL weight, the free-bits floors and the global sites' share of the batch, as handlers."""

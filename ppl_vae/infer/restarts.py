@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ppl_vae.infer.capture import NoiseInput, _grad_mismatch, _reason, noise_inputs, vectorised
+from ppl_vae.infer.capture import NoiseInput, _grad_mismatch, _reason, noise_inputs, set_grads, vectorised
 from ppl_vae.infer.nonfinite import NonFiniteLossError
 from ppl_vae.infer.random_state import rng_state, set_rng_state
 from ppl_vae.infer.training import Trainer, adam, cpu_threads
@@ -267,18 +267,13 @@ class Restarts:
             noise = [torch.stack([draw.draw(g) for g in self.generators]) for draw in step.draws]
             with torch.no_grad():
                 loss, *grads = step.graph(*self.state, x, weights, scale, release, *fields.values(), *noise)
-            self._set_grads(step.grad_of, grads)
+            set_grads(self.state, step.grad_of, grads)
         if self.config.grad_clip:
             clip_per_restart([t.grad for t in self.trainable_tensors if t.grad is not None], self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         return loss.detach()
-
-    def _set_grads(self, inputs: list[int], grads) -> None:
-        for i, g in zip(inputs, grads):
-            p = self.state[i]
-            p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
 
     def _first(self, key, x, weights, scale, release, fields, x_dim) -> torch.Tensor:
         """The first step of a batch shape: each restart eagerly from its own stream, as its separate
@@ -305,7 +300,7 @@ class Restarts:
             loss, *grads = self._replay(step, inputs, before)
             for t in self.trainable_tensors:
                 t.grad = None
-            self._set_grads(step.grad_of, grads)
+            set_grads(self.state, step.grad_of, grads)
         return loss
 
     def _replay(self, step: VectorisedGraph, inputs, streams: list[dict]) -> list[torch.Tensor]:
