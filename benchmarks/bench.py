@@ -345,6 +345,61 @@ def bench_restarts(n: int, rounds: int, device: torch.device, restarts: int = 8,
             "first_round_s": first}
 
 
+def bench_cuda_graphs(n: int, rounds: int, device: torch.device, restarts: int = 8, steps: int = 20,
+                      compile: bool = True, log=print) -> dict:
+    """Full-batch training steps per second of the single-bit study's 2-layer cell at ``n`` bits, its step
+    replayed as one CUDA graph (``train.cuda_graphs``) against the same step launched kernel by kernel:
+    one cell (``Trainer.train_epochs``) and ``restarts`` restarts as one program (``Restarts.train_epochs``),
+    ``steps`` steps each per round, interleaved. The two sides of each pair start from the same parameters
+    and random state and take the same steps (``max_parameter_difference``); ``graphed`` says whether the
+    graphs were recorded (on the CPU ``train.cuda_graphs`` is ignored, and the two sides are the same)."""
+    from ppl_vae.infer.cuda_graphs import GraphedStep
+    from ppl_vae.infer.restarts import Restarts
+    from ppl_vae.lab.cell import build, load_data
+
+    config = single_bit_cell(n)
+    data = load_data(config).to(device)
+
+    def trainer(seed: int, graphs: bool) -> Trainer:
+        config["train"] = {**config["train"], "compile": compile, "cuda_graphs": graphs, "seed": seed}
+        _, model, guide, train_config = build(config, data)
+        return Trainer(model, guide, data, train_config, device=device)
+
+    cells = {graphs: trainer(0, graphs) for graphs in (False, True)}
+    programs = {graphs: Restarts([trainer(seed, graphs) for seed in range(restarts)]) for graphs in (False, True)}
+    pyro.set_rng_seed(0)
+    streams = {graphs: rng_state(device) for graphs in (False, True)}  # the cell's stream, as in a process of its own
+    for program in programs.values():
+        program.seed()
+
+    def one_cell(graphs: bool) -> None:
+        set_rng_state(streams[graphs], device)
+        cells[graphs].train_epochs(steps)
+        streams[graphs] = rng_state(device)
+
+    variants = {"cell": functools.partial(one_cell, False), "cell, CUDA graph": functools.partial(one_cell, True),
+                "program": lambda: programs[False].train_epochs(steps),
+                "program, CUDA graph": lambda: programs[True].train_epochs(steps)}
+    times, _ = _interleaved(variants, rounds, steps, device, lambda round_, times: log(
+        f"  single-bit dlgm n={n} round {round_}/{rounds}: " + ", ".join(f"{k} {t[-1]:.2f}" for k, t in times.items())
+        + " ms/step"))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731
+
+    def difference(a: list[Trainer], b: list[Trainer]) -> float:
+        return max((p - q).abs().max().item() for s, t in zip(a, b)
+                   for p, q in zip(s.loss_fn.parameters(), t.loss_fn.parameters()))
+
+    graphs = [joint.graph for joint in cells[True].loss.graphs.values()]
+    return {"n": n, "restarts": restarts, "compile": compile, "steps_per_round": steps, "rounds": rounds,
+            "ms_per_step": medians, "steps_per_s": {name: 1000 / t for name, t in medians.items()},
+            "speed_up": {"cell": ratio("cell", "cell, CUDA graph"), "program": ratio("program", "program, CUDA graph")},
+            "max_parameter_difference": {"cell": difference([cells[False]], [cells[True]]),
+                                         "program": difference(programs[False].trainers, programs[True].trainers)},
+            "graphed": {"cell": all(isinstance(g, GraphedStep) for g in graphs),
+                        "program": all(isinstance(s.graph, GraphedStep) for s in programs[True].graphs.values())}}
+
+
 def _resident_mib(field: str) -> float:
     return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
 
@@ -499,6 +554,11 @@ def run(out: str | Path = "runs/bench.json", device: str = "auto", rounds: int =
     result = {"machine": _machine(device), "quick": quick, "train": train, "single_bit": single_bit, "iw": iw,
               "generator": generator, "restarts": restarts}
     if device.type == "cuda":
+        log("single-bit 2-layer cell, its step as one CUDA graph against kernel by kernel:")
+        compiles = (False,) if quick else (False, True)
+        result["cuda_graphs"] = [bench_cuda_graphs(n, rounds=min(rounds, 11), device=device, steps=2 if quick else 20,
+                                                   restarts=2 if quick else 8, compile=compile, log=log)
+                                 for n in ((5,) if quick else (5, 1000)) for compile in compiles]
         log("an epoch under torch.cuda.set_sync_debug_mode('error'):")
         result["sync_free"] = sync_free_epochs(device, log)
     if sweep:
@@ -560,6 +620,16 @@ def table(result: dict) -> str:
             lines.append(f"| {r['family']}, n = {r['n']}, {r['restarts']} restarts | {r['threads']} | "
                          f"{'yes' if r['compile'] else 'no'} | {v['separate']:.0f} | {v['vectorised']:.0f} | "
                          f"{r['speed_up']:.3f} |")
+    if result.get("cuda_graphs"):
+        lines += ["", "| single-bit 2-layer cell | compiled | cell steps/s | with a CUDA graph | speed-up "
+                  "| program steps/s | with a CUDA graph | speed-up | graphed |",
+                  "|---|:---:|---:|---:|---:|---:|---:|---:|:---:|"]
+        for r in result["cuda_graphs"]:
+            v, up = r["steps_per_s"], r["speed_up"]
+            lines.append(f"| n = {r['n']}, program of {r['restarts']} | {'yes' if r['compile'] else 'no'} | "
+                         f"{v['cell']:.0f} | {v['cell, CUDA graph']:.0f} | {up['cell']:.2f} | {v['program']:.0f} | "
+                         f"{v['program, CUDA graph']:.0f} | {up['program']:.2f} | "
+                         f"{'yes' if all(r['graphed'].values()) else 'NO'} |")
     for r in result.get("sync_free", []):
         lines += ["", f"{r['run']}{' (compiled)' if r['compile'] else ''}: an epoch under "
                       f"`set_sync_debug_mode('error')`: " + ("no step read back to the host" if r["sync_free"]

@@ -6,6 +6,7 @@ import bench
 import pyro
 import pytest
 import torch
+from recorded_graphs import stand_in
 
 from ppl_vae import ESTIMATORS, GUIDES, MODELS
 
@@ -106,3 +107,15 @@ def test_a_device_torch_lacks_ends_the_benchmark_with_one_line(tmp_path, capsys)
     assert stop.value.code == 2 and err.count("\n") == 1
     assert err.startswith("python benchmarks/bench.py: error: device ")
     assert not (tmp_path / "b.json").exists()
+
+
+def test_the_cuda_graph_bench_times_each_step_with_and_without_its_graph(monkeypatch):
+    """Through a CUDA graph's semantics on the CPU (``recorded_graphs.RecordedGraph``), the bench's two
+    sides of each pair, a cell and a program of restarts, train the same steps to the same parameters."""
+    stand_in(monkeypatch)
+    result = bench.bench_cuda_graphs(5, rounds=1, device=torch.device("cpu"), restarts=2, steps=2, compile=False,
+                                     log=lambda *_: None)
+    assert result["graphed"] == {"cell": True, "program": True}
+    assert result["max_parameter_difference"] == {"cell": 0.0, "program": 0.0}
+    assert set(result["ms_per_step"]) == {"cell", "cell, CUDA graph", "program", "program, CUDA graph"}
+    assert all(v > 0 for v in result["speed_up"].values())

@@ -3,7 +3,8 @@
 Handlers that scale or floor a site's KL (``handlers``), the estimators of the bound
 (``objectives``: ``mc``, ``analytic``, ``iw``), any pair SVI accepts made trainable (``pairs``),
 the captured and compiled loss (``capture``), the trainer and its configuration (``training``,
-``config``), restarts trained as one vectorised program (``restarts``), the replay that names a
+``config``), restarts trained as one vectorised program (``restarts``), a captured step replayed as
+one CUDA graph (``cuda_graphs``), the replay that names a
 non-finite step's sites (``nonfinite``), the random state (``random_state``), and the
 per-datapoint ELBO terms and importance-weighted log-likelihood (``bounds``).
 """

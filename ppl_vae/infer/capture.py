@@ -5,7 +5,8 @@ stack, distribution objects are built and their log-densities summed. For the 78
 VAE at batch 128 that is about 1 ms of Python in a 10 ms step on a CPU (``benchmarks/bench.py``).
 ``TrainingLoss`` traces the loss **and its backward pass** with ``make_fx`` (PyTorch's
 dispatcher-level tracer) on fake tensors, once per batch shape, and replays that joint graph:
-random draws and the KL weight stay live, and the Pyro program is not re-run.
+random draws and the KL weight stay live, and the Pyro program is not re-run. On CUDA the replay
+can be one CUDA graph (``cuda_graphs``).
 
 The backward pass is traced, not left to autograd at replay time, because ``make_fx`` records
 the forward below autograd: there ``detach()`` is a plain alias and a custom
@@ -39,6 +40,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from ppl_vae.infer import cuda_graphs
 from ppl_vae.infer.handlers import FreeBits, GlobalShare, KLWeight
 from ppl_vae.infer.random_state import rng_state, set_rng_state
 
@@ -128,8 +130,11 @@ class NoiseInput:
     dtype: torch.dtype
     device: torch.device
 
-    def draw(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The draw from ``generator`` (torch's own by default): the numbers the graph drew before."""
+    def draw(self, generator: torch.Generator | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The draw from ``generator`` (torch's own by default): the numbers the graph drew before; into
+        ``out`` (of this shape) where given, as ``randn`` fills a tensor of its own."""
+        if out is not None:
+            return out.normal_(generator=generator)
         return torch.randn(self.shape, generator=generator, dtype=self.dtype, device=self.device)
 
 
@@ -215,13 +220,18 @@ class TrainingLoss:
         compiled step differs from the eager one, is replayed uncompiled with a ``CaptureWarning``.
         ``compile_seconds`` adds up the time spent compiling (Inductor caches compiled graphs on
         disk, so a second identical cell, in any process, compiles in a fraction of it).
+    :param cuda_graphs: on CUDA, replay each captured (and compiled) graph as a CUDA graph
+        (``cuda_graphs.GraphedStep``), checked like the capture; one that cannot be recorded, or
+        whose first replay differs from the eager step, is replayed as before with a ``CaptureWarning``.
+        The graph reads the ``weight``, ``scale`` and ``release`` it was recorded with in place: pass the
+        same tensors each step, filled anew, as ``Trainer`` does (another tensor is copied into them).
     """
 
     def __init__(self, loss_fn: nn.Module, capture: bool = True, free_bits: dict[str, float] | None = None,
                  compile: bool = False, global_sites: tuple[str, ...] = (), data_size: int = 0,
-                 kl_weighted: bool = True):
+                 kl_weighted: bool = True, cuda_graphs: bool = False):
         self.loss_fn, self.capture, self.free_bits = loss_fn, capture, dict(free_bits or {})
-        self.kl_weighted = kl_weighted
+        self.kl_weighted, self.cuda_graphs = kl_weighted, cuda_graphs
         self.global_sites, self.data_size = tuple(global_sites), data_size
         self.compile, self.compile_seconds = compile, 0.0
         self.graphs: dict[tuple, JointGraph | None] = {}  # batch (shape, dtype, device) -> graph
@@ -319,8 +329,19 @@ class TrainingLoss:
         if mismatch:
             set_rng_state(rng_after, x.device)
             return self._eagerly(f"the captured training loss {mismatch} from the same random state; running eagerly")
+        checks = (inputs, loss, grads, grad_of, rng_before)
         if self.compile:
-            graph = self._compiled(graph, inputs, loss, grads, grad_of, rng_before)
+            started = time.perf_counter()
+            graph = self._checked(graph, self._compile, "could not be compiled", "uncompiled", *checks)
+            self.compile_seconds += time.perf_counter() - started
+        if self.cuda_graphs and cuda_graphs.available(x.device):
+            n = len(self.state)  # the state, the KL weight, the scale and the release are updated in place
+
+            def record(graph):
+                return cuda_graphs.GraphedStep(graph, (*self.state, *inputs), {*range(n), n + 1, n + 2, n + 3})
+
+            graph = self._checked(graph, record, "could not be recorded as a CUDA graph", "without a CUDA graph",
+                                  *checks)
         set_rng_state(rng_after, x.device)
         return JointGraph(graph, grad_of)
 
@@ -338,22 +359,26 @@ class TrainingLoss:
                                   [replayed_by_input.get(i) for i in self.trainable], list(grads))
         return f"gives the pair's loss but not its gradients: {mismatch}" if mismatch else None
 
-    def _compiled(self, graph, inputs, loss, grads, grad_of, rng_before):
-        """``graph`` compiled by Inductor, drawing its random numbers from torch's generator as the
-        eager step does (``fallback_random``), checked like the capture; else ``graph`` with a warning."""
-        started = time.perf_counter()
+    @staticmethod
+    def _compile(graph):
+        """``graph`` compiled by Inductor, drawing its random numbers from torch's generator as the eager
+        step does (``fallback_random``)."""
+        return torch.compile(graph, backend="inductor", dynamic=False, fullgraph=True,
+                             options={"fallback_random": True})
+
+    def _checked(self, graph, make, failed: str, instead: str, inputs, loss, grads, grad_of, rng_before):
+        """``make(graph)`` (compiled, recorded as a CUDA graph), checked like the capture; where it cannot be
+        made or its step differs from the eager one, ``graph`` with a ``CaptureWarning``."""
         try:
-            compiled = torch.compile(graph, backend="inductor", dynamic=False, fullgraph=True,
-                                     options={"fallback_random": True})
-            mismatch = self._mismatch(compiled, inputs, loss, grads, grad_of, rng_before)
-        except Exception as error:  # noqa: BLE001 — a compiler failure leaves the uncompiled replay
-            mismatch = f"could not be compiled ({_reason(error)})"
-        self.compile_seconds += time.perf_counter() - started
+            made = make(graph)
+            mismatch = self._mismatch(made, inputs, loss, grads, grad_of, rng_before)
+        except Exception as error:  # noqa: BLE001 — a compiler or CUDA-graph failure leaves the plain replay
+            mismatch = f"{failed} ({_reason(error)})"
         if mismatch:
-            warnings.warn(f"the captured training loss {mismatch}; replaying it uncompiled", CaptureWarning,
+            warnings.warn(f"the captured training loss {mismatch}; replaying it {instead}", CaptureWarning,
                           stacklevel=5)
             return graph
-        return compiled
+        return made
 
     @staticmethod
     def _eagerly(reason: str) -> None:

@@ -41,6 +41,9 @@ class TrainConfig:
     track_information: bool = False
     capture: bool = True  # replay the loss as a captured graph (ppl_vae.infer.capture); false = run the pair eagerly
     compile: bool = False  # compile the captured graph with Inductor (torch.compile); one that fails replays uncompiled
+    # on CUDA, replay each captured (and compiled) step as one CUDA graph (ppl_vae.infer.cuda_graphs), checked like
+    # the capture; one that fails replays as before, with a warning; ignored on the CPU
+    cuda_graphs: bool = False
     # run folders: the grid's cells that differ only in seed and kl_weight train as one vectorised program
     # (ppl_vae.infer.restarts); cells that cannot run separately, with a warning saying why
     vectorise: bool = False

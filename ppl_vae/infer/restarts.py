@@ -35,6 +35,7 @@ Bernoulli latent's sample), or one that vmap cannot map.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ppl_vae.infer import cuda_graphs
 from ppl_vae.infer.capture import NoiseInput, _grad_mismatch, _reason, noise_inputs, set_grads, vectorised
 from ppl_vae.infer.nonfinite import NonFiniteLossError
 from ppl_vae.infer.random_state import rng_state, set_rng_state
@@ -66,11 +68,20 @@ class VectoriseWarning(UserWarning):
 @dataclass
 class VectorisedGraph:
     """A step of R restarts: ``graph(*stacked state, x, weights, scale, release, *fields, *noise)`` gives
-    the R losses and the stacked gradients of the inputs ``grad_of``; ``draws``: the noise it takes."""
+    the R losses and the stacked gradients of the inputs ``grad_of``; ``draws``: the noise it takes,
+    drawn each step into ``noise`` (``[R, *shape]`` each, filled in place)."""
 
     graph: Callable
     draws: list[NoiseInput]
     grad_of: list[int]
+    noise: list[torch.Tensor]
+
+    def draw(self, generators: list[torch.Generator]) -> list[torch.Tensor]:
+        """Each restart's noise from its own generator, into its slice of ``noise``; returns ``noise``."""
+        for draw, buffer in zip(self.draws, self.noise):
+            for r, generator in enumerate(generators):
+                draw.draw(generator, out=buffer[r])
+        return self.noise
 
 
 def clip_per_restart(grads: list[torch.Tensor], max_norm: float) -> None:
@@ -264,7 +275,7 @@ class Restarts:
             loss = self._first(key, x, weights, scale, release, fields, x_dim)
         else:
             step = self.graphs[key]
-            noise = [torch.stack([draw.draw(g) for g in self.generators]) for draw in step.draws]
+            noise = step.draw(self.generators)
             with torch.no_grad():
                 loss, *grads = step.graph(*self.state, x, weights, scale, release, *fields.values(), *noise)
             set_grads(self.state, step.grad_of, grads)
@@ -282,7 +293,8 @@ class Restarts:
         losses, grads = [], []
         for r, trainer in enumerate(self.trainers):
             set_rng_state(before[r], self.device)
-            trainer.loss.capture, trainer.loss.compile = r == 0, False  # the graph is vectorised, then compiled
+            # the graph is vectorised, then compiled and recorded
+            trainer.loss.capture, trainer.loss.compile, trainer.loss.cuda_graphs = r == 0, False, False
             x_r, fields_r = (x[r], {k: v[r] for k, v in fields.items()}) if x_dim == 0 else (x, fields)
             losses.append(trainer.loss.loss_and_grads(x_r, weights[r], scale, release, fields_r))
             if r == 0:  # the key TrainingLoss files the captured graph under
@@ -308,13 +320,13 @@ class Restarts:
         generators = [torch.Generator(self.device) for _ in range(self.R)]
         for g, state in zip(generators, streams):
             g.set_state(state["cuda" if self.device.type == "cuda" else "torch"].cpu())
-        noise = [torch.stack([draw.draw(g) for g in generators]) for draw in step.draws]
         with torch.no_grad():
-            return step.graph(*self.state, *inputs, *noise)
+            return step.graph(*self.state, *inputs, *step.draw(generators))
 
     def _vectorise(self, captured: tuple, inputs, x_dim, before, loss) -> VectorisedGraph:
         """Restart 0's captured graph with its noise as inputs, vmapped over the restarts, checked from
-        each restart's stream before the step against its eager loss and gradients (then compiled)."""
+        each restart's stream before the step against its eager loss and gradients (then compiled, and
+        recorded as a CUDA graph, each checked alike)."""
         joint = self.trainers[0].loss.graphs.get(captured)
         if joint is None:
             raise NotVectorised("the pair's training loss is not captured (see the CaptureWarning before), and only "
@@ -324,17 +336,27 @@ class Restarts:
             plain = copy.deepcopy(joint.graph)
             draws = noise_inputs(plain)
             in_dims = (0,) * len(self.state) + (x_dim, 0, None, None) + (x_dim,) * fields + (0,) * len(draws)
-            examples = [torch.empty(self.R, *d.shape, dtype=d.dtype, device=d.device) for d in draws]
-            graph = (vectorised(plain, in_dims, (*self.state, *inputs, *examples)) if self.R > 1
+            noise = [torch.empty(self.R, *d.shape, dtype=d.dtype, device=d.device) for d in draws]
+            graph = (vectorised(plain, in_dims, (*self.state, *inputs, *noise)) if self.R > 1
                      else _one_restart(plain, in_dims))
         except Exception as error:  # noqa: BLE001 — whatever vmap or the rewrite refuses, the cells run separately
             raise NotVectorised(f"the captured training loss cannot be vectorised: {_reason(error)}") from error
-        step = VectorisedGraph(graph, draws, joint.grad_of)
+        step = VectorisedGraph(graph, draws, joint.grad_of, noise)
         mismatch = self._mismatch(step, inputs, before, loss)
         if mismatch:
             raise NotVectorised(f"the vectorised training loss {mismatch} from the same random state")
+        checks = (inputs, before, loss)
         if self.config.compile:
-            self._compile(step, inputs, before, loss)
+            compiled = functools.partial(torch.compile, backend="inductor", dynamic=False, fullgraph=True)
+            self._improve(step, compiled, "could not be compiled", "uncompiled", *checks)
+        if self.config.cuda_graphs and cuda_graphs.available(self.device):
+            n, m = len(self.state), len(self.state) + len(inputs)  # in place: the state, weights, scale, release, noise
+
+            def record(graph):
+                return cuda_graphs.GraphedStep(graph, (*self.state, *inputs, *noise),
+                                               {*range(n), n + 1, n + 2, n + 3, *range(m, m + len(noise))})
+
+            self._improve(step, record, "could not be recorded as a CUDA graph", "without a CUDA graph", *checks)
         return step
 
     def _mismatch(self, step: VectorisedGraph, inputs, before, loss) -> str | None:
@@ -352,18 +374,19 @@ class Restarts:
                 return f"gives restart {r} the pair's loss but not its gradients: {mismatch}"
         return None
 
-    def _compile(self, step: VectorisedGraph, inputs, before, loss) -> None:
-        """``step.graph`` compiled by Inductor where it compiles and passes ``_mismatch``; else left, with a
-        ``CaptureWarning``-like ``VectoriseWarning``."""
+    def _improve(self, step: VectorisedGraph, make: Callable, failed: str, instead: str, inputs, before, loss
+                 ) -> None:
+        """``step.graph`` replaced by ``make(step.graph)`` (compiled, recorded as a CUDA graph) where that
+        can be made and passes ``_mismatch``; else left, with a ``VectoriseWarning``."""
         plain = step.graph
         try:
-            step.graph = torch.compile(plain, backend="inductor", dynamic=False, fullgraph=True)
+            step.graph = make(plain)
             mismatch = self._mismatch(step, inputs, before, loss)
-        except Exception as error:  # noqa: BLE001 — a compiler failure leaves the uncompiled replay
-            mismatch = f"could not be compiled ({_reason(error)})"
+        except Exception as error:  # noqa: BLE001 — a compiler or CUDA-graph failure leaves the plain replay
+            mismatch = f"{failed} ({_reason(error)})"
         if mismatch:
             step.graph = plain
-            warnings.warn(f"the vectorised training loss {mismatch}; replaying it uncompiled", VectoriseWarning,
+            warnings.warn(f"the vectorised training loss {mismatch}; replaying it {instead}", VectoriseWarning,
                           stacklevel=6)
 
 

@@ -128,7 +128,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma)
         self.loss = TrainingLoss(self.loss_fn, config.capture, config.free_bits_sites, config.compile,
                                  getattr(self.model, "global_sites", ()), len(self.data.train),
-                                 kl_weighted=getattr(self.loss_fn.elbo, "takes_kl_weight", True))
+                                 kl_weighted=getattr(self.loss_fn.elbo, "takes_kl_weight", True),
+                                 cuda_graphs=config.cuda_graphs)
         self.kl_weight = torch.zeros((), device=self.device)  # inputs of the captured loss, set each step
         self.scale = torch.ones((), device=self.device, dtype=self.data.train.dtype)
         self.release = torch.ones((), device=self.device, dtype=self.data.train.dtype)

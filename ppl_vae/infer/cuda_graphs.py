@@ -1,0 +1,88 @@
+"""A captured training step replayed as a CUDA graph (``train.cuda_graphs``).
+
+A replayed joint graph (``capture``) still launches each of its kernels from Python. For the small
+pairs of a collapse study that is a few hundred launches a step of a few microseconds' work each, so
+the GPU waits on the host. A CUDA graph records the launches once and replays them all with one call
+(NVIDIA, *CUDA C++ Programming Guide*, "CUDA Graphs"; PyTorch's ``torch.cuda.CUDAGraph``).
+
+A graph reads and writes fixed memory. ``GraphedStep`` records a step on buffers of its own (the
+tensors the caller updates in place, such as the parameters, serve as their own), and each call
+copies into them the inputs that are not already there before it replays. The gradients it returns
+are the graph's own tensors, overwritten by the next replay (they are the parameters' ``.grad`` until
+then); the loss it returns is a copy, which a caller may keep. Shapes are static within one graph:
+``capture.TrainingLoss`` and ``restarts.Restarts`` keep a graph per batch shape.
+
+Random draws inside the graph come from torch's CUDA generator, whose offset the graph advances on
+each replay as the eager kernels would (PyTorch's graph-safe random state), so a replay from a
+random state draws what the eager step drew from it. ``Restarts`` draws each restart's noise from
+that restart's own generator into the graph's noise buffers, outside the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+__all__ = ["GraphedStep", "CudaGraph", "available"]
+
+#: eager runs of the step on the capture's stream before it is recorded: what a first call sets up
+#: lazily (cuBLAS workspaces, Inductor's kernels) must not be recorded (PyTorch's CUDA-graph recipe)
+WARMUP_RUNS = 3
+
+
+def available(device: torch.device) -> bool:
+    """Whether steps on ``device`` can be replayed as CUDA graphs (on the CPU, ``train.cuda_graphs`` is ignored)."""
+    return device.type == "cuda"
+
+
+class CudaGraph:
+    """``torch.cuda.CUDAGraph`` behind the two calls ``GraphedStep`` makes: ``capture`` and ``replay``."""
+
+    def capture(self, fn: Callable, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        """Run ``fn(*inputs)`` ``WARMUP_RUNS`` times on a side stream, then record it; its outputs, which
+        each replay overwrites."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(WARMUP_RUNS):
+                fn(*inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, stream=stream):
+            outputs = fn(*inputs)
+        return outputs
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+class GraphedStep:
+    """``fn`` (a joint graph: ``(loss, *grads)`` of its inputs) recorded once on static buffers and replayed.
+
+    :param fn: the step; it must not read tensors back to the host (a captured graph does not).
+    :param inputs: example inputs, of the shapes every call will give.
+    :param in_place: the indices of the inputs the caller updates in place (parameters, buffers, the KL
+        weight): they are their own buffers, and a call that gives the same tensor copies nothing. The
+        others get buffers of their own, into which each call copies its inputs.
+    :param graph: what records and replays (``CudaGraph``; tests give a stand-in with its semantics).
+
+    Recording runs the step (``WARMUP_RUNS``), which draws from the random stream: the callers check the
+    recorded step from the eager step's random state and then put the stream where the eager step left it.
+    """
+
+    def __init__(self, fn: Callable, inputs: Sequence[torch.Tensor], in_place: set[int], graph=None):
+        # detached aliases hold the memory the graph reads, even if a caller later moves its tensor (``.data =``)
+        self.buffers = [t.detach() if i in in_place else t.detach().clone() for i, t in enumerate(inputs)]
+        self.graph = graph or CudaGraph()
+        with torch.no_grad():
+            self.outputs = list(self.graph.capture(fn, self.buffers))
+
+    def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        """``fn(*inputs)``: the loss as a copy, the gradients as the graph's own tensors."""
+        for buffer, t in zip(self.buffers, inputs):
+            if t.data_ptr() != buffer.data_ptr():
+                buffer.copy_(t)
+        self.graph.replay()
+        loss, *grads = self.outputs
+        return [loss.clone(), *grads]

@@ -1,0 +1,170 @@
+"""Captured steps replayed as CUDA graphs (``ppl_vae.infer.cuda_graphs``, ``train.cuda_graphs``).
+
+A CUDA graph cannot run on the CPU, so most of these tests give ``GraphedStep`` a stand-in with a CUDA
+graph's semantics (``recorded_graphs.RecordedGraph``): recording computes nothing, and each replay
+reruns the recorded step on the memory it was recorded on, drawing from the random stream as it
+stands and overwriting the same output tensors. Through it, a trainer and a vectorised program train exactly as without
+graphs, and the fallbacks warn. The tests marked ``cuda`` run the real thing where torch sees a GPU.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pyro
+import pytest
+import torch
+from recorded_graphs import NeverReplayed, RecordedGraph, Unrecordable, stand_in
+
+from ppl_vae import DATASETS, GUIDES, MODELS, TrainConfig, Trainer
+from ppl_vae.infer import cuda_graphs
+from ppl_vae.infer.capture import CaptureWarning
+from ppl_vae.infer.restarts import Restarts, VectoriseWarning
+
+BITS = DATASETS["bits"](n=5, rows=100)  # 80 training rows
+#: the single-bit study's 2-layer cell in small (its free bits released, its gradient capped)
+CELL = {"epochs": 6, "batch_size": 0, "lr": 5e-3, "lr_final": 1e-3, "eval_every": 3,
+        "free_bits_sites": {"z2": 0.5}, "free_bits_release": 0.8, "grad_clip": 1.0}
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: a CUDA graph records GPU kernels")
+
+
+def dlgm(seed: int = 0, device: str = "cpu", **config) -> Trainer:
+    pyro.set_rng_seed(seed)
+    model = MODELS["dlgm"](BITS.data_shape, latent_dim=1, top_latent_dim=1, hidden=[10], top_hidden=[10])
+    return Trainer(model, GUIDES["structured"](model), BITS, TrainConfig(**{**CELL, "seed": seed, **config}),
+                   device=device)
+
+
+def assert_same(a: Trainer, b: Trainer, rtol: float = 0.0, atol: float = 0.0) -> None:
+    """The same history and parameters: bit for bit by default."""
+    if rtol == atol == 0:
+        assert a.history == b.history
+    for p, q in zip(a.loss_fn.parameters(), b.loss_fn.parameters(), strict=True):
+        assert torch.allclose(p, q, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("batch_size", [0, 24], ids=["full batch", "batches of 24 and 8"])
+def test_a_recorded_step_trains_exactly_as_the_plain_replay(monkeypatch, batch_size):
+    """Through a CUDA graph's semantics, every step after the first of each batch shape is one replay of
+    its recorded graph, and the run's history and parameters are the plain replay's to the last bit:
+    the batch is copied into the graph's buffer, the loss kept is a copy, the random stream is left as the
+    eager step left it."""
+    plain = dlgm(batch_size=batch_size)
+    plain.fit()
+    made = stand_in(monkeypatch)
+    graphed = dlgm(batch_size=batch_size, cuda_graphs=True)
+    graphed.fit()
+    assert_same(graphed, plain)
+    shapes = 1 if batch_size == 0 else 2  # 80 rows: three batches of 24 and one of 8
+    assert len(made) == shapes
+    assert all(isinstance(joint.graph, cuda_graphs.GraphedStep) for joint in graphed.loss.graphs.values())
+    # each shape's first step is eager and its graph's check one replay: every step is one replay
+    assert sum(graph.replays for graph in made) == graphed.step
+
+
+def test_restarts_replay_their_vectorised_step_as_one_recorded_graph(monkeypatch):
+    """Two restarts trained as one program: with the graph recorded, the same numbers to the last bit
+    as the vectorised replay; each restart's noise is drawn into the graph's own buffer."""
+    plain = [dlgm(seed) for seed in (0, 1)]
+    Restarts(plain).fit()
+    made = stand_in(monkeypatch)
+    graphed = [dlgm(seed, cuda_graphs=True) for seed in (0, 1)]
+    program = Restarts(graphed)
+    program.fit()
+    for a, b in zip(graphed, plain):
+        assert_same(a, b)
+    (step,) = program.graphs.values()
+    assert isinstance(step.graph, cuda_graphs.GraphedStep)
+    assert all(any(n.data_ptr() == b.data_ptr() for b in step.graph.buffers) for n in step.noise)
+    (graph,) = made
+    assert graph.replays == program.step + 1  # the check, then every update (of R > 1, the first one too)
+
+
+def test_a_graphed_step_copies_only_what_moved_and_returns_a_loss_to_keep():
+    """Inputs updated in place are the graph's own memory; others are copied in at each call; a caller
+    that moves an in-place input to new memory still gets its values; the loss returned survives the
+    next replay, the gradients are the graph's own."""
+    w, x = torch.ones(3), torch.tensor([1.0, 2.0, 3.0])
+
+    def step(w, x):
+        return (w * x).sum(), w * x
+
+    graphed = cuda_graphs.GraphedStep(step, (w, x), {0}, graph=RecordedGraph())
+    assert graphed.buffers[0].data_ptr() == w.data_ptr() and graphed.buffers[1].data_ptr() != x.data_ptr()
+    first, grad = graphed(w, x)
+    assert first.item() == 6.0
+    w.add_(1.0)  # in place: no copy needed
+    second, grad_again = graphed(w, torch.tensor([2.0, 2.0, 2.0]))
+    assert (first.item(), second.item()) == (6.0, 12.0)  # the first loss kept its value
+    assert grad_again is grad and grad.tolist() == [4.0, 4.0, 4.0]
+    moved = torch.full((3,), 3.0)
+    third, _ = graphed(moved, torch.ones(3))
+    assert third.item() == 9.0 and w.tolist() == [3.0, 3.0, 3.0]  # copied into the memory recorded on
+
+
+@pytest.mark.parametrize("kind, reason", [(Unrecordable, "could not be recorded as a CUDA graph"),
+                                          (NeverReplayed, "gave nan where the pair gives")],
+                         ids=["cannot be recorded", "replay differs"])
+def test_a_step_that_cannot_be_graphed_warns_and_trains_as_before(monkeypatch, kind, reason):
+    """A step that cannot be recorded, or whose first replay differs from the eager step, is replayed
+    without a CUDA graph, with a warning saying why; the run is the plain one."""
+    plain = dlgm()
+    plain.fit()
+    stand_in(monkeypatch, kind)
+    graphed = dlgm(cuda_graphs=True)
+    with pytest.warns(CaptureWarning, match=f"{reason}.*replaying it without a CUDA graph"):
+        graphed.fit()
+    assert_same(graphed, plain)
+    assert not any(isinstance(joint.graph, cuda_graphs.GraphedStep) for joint in graphed.loss.graphs.values())
+
+
+def test_restarts_whose_step_cannot_be_graphed_warn_and_train_as_before(monkeypatch):
+    plain = [dlgm(seed) for seed in (0, 1)]
+    Restarts(plain).fit()
+    stand_in(monkeypatch, NeverReplayed)
+    graphed = [dlgm(seed, cuda_graphs=True) for seed in (0, 1)]
+    with pytest.warns(VectoriseWarning, match="replaying it without a CUDA graph"):
+        Restarts(graphed).fit()
+    for a, b in zip(graphed, plain):
+        assert_same(a, b)
+
+
+def test_on_the_cpu_cuda_graphs_are_ignored():
+    """``train.cuda_graphs`` changes nothing where there is no CUDA: no graph, no warning."""
+    assert not cuda_graphs.available(torch.device("cpu"))
+    plain, asked = dlgm(), dlgm(cuda_graphs=True)
+    plain.fit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        asked.fit()
+    assert_same(asked, plain)
+    assert all(isinstance(joint.graph, torch.fx.GraphModule) for joint in asked.loss.graphs.values())
+
+
+@cuda
+@pytest.mark.parametrize("compile", [False, True], ids=["replayed", "compiled"])
+def test_on_cuda_a_recorded_step_trains_as_the_plain_replay(compile):
+    """The real CUDA graph: the same history and parameters as the step replayed kernel by kernel (the
+    same kernels, so equal to float rounding at most), and every step after the first is a replay."""
+    plain = dlgm(device="cuda", compile=compile)
+    plain.fit()
+    graphed = dlgm(device="cuda", compile=compile, cuda_graphs=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CaptureWarning)
+        graphed.fit()
+    assert all(isinstance(joint.graph, cuda_graphs.GraphedStep) for joint in graphed.loss.graphs.values())
+    assert_same(graphed, plain, rtol=1e-5, atol=1e-6)
+
+
+@cuda
+def test_on_cuda_restarts_replay_one_recorded_graph():
+    plain = [dlgm(seed, device="cuda") for seed in (0, 1, 2)]
+    Restarts(plain).fit()
+    graphed = [dlgm(seed, device="cuda", cuda_graphs=True) for seed in (0, 1, 2)]
+    program = Restarts(graphed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VectoriseWarning)
+        program.fit()
+    assert all(isinstance(step.graph, cuda_graphs.GraphedStep) for step in program.graphs.values())
+    for a, b in zip(graphed, plain):
+        assert_same(a, b, rtol=1e-5, atol=1e-6)
