@@ -11,7 +11,7 @@ class RecordedGraph:
     replay runs the step again on the tensors it was recorded on, drawing from the random stream as it
     stands, and writes into the same output tensors."""
 
-    def capture(self, fn, inputs):
+    def capture(self, fn, inputs, device):
         self.fn, self.inputs, self.replays = fn, inputs, 0
         self.outputs = [t.clone().fill_(float("nan")) for t in fn(*inputs)]
         return self.outputs
@@ -23,7 +23,7 @@ class RecordedGraph:
 
 
 class Unrecordable(RecordedGraph):
-    def capture(self, fn, inputs):
+    def capture(self, fn, inputs, device):
         raise RuntimeError("operation not permitted when stream is capturing")
 
 

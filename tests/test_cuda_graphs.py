@@ -102,6 +102,23 @@ def test_a_graphed_step_copies_only_what_moved_and_returns_a_loss_to_keep():
     assert third.item() == 9.0 and w.tolist() == [3.0, 3.0, 3.0]  # copied into the memory recorded on
 
 
+def test_recording_puts_back_what_the_step_changes_in_place_and_refuses_inputs_elsewhere():
+    """The warm-up runs of a step that updates an input in place (running statistics, say) leave no trace;
+    a step with an input on another device (read once, at recording, by a CUDA graph) is refused by name."""
+    count, x = torch.zeros(()), torch.ones(2)
+
+    def step(count, x):
+        count.add_(1.0)
+        return (count * x).sum(), x
+
+    graphed = cuda_graphs.GraphedStep(step, (count, x), {0}, graph=RecordedGraph())
+    assert count.item() == 0.0
+    loss, _ = graphed(count, x)
+    assert (loss.item(), count.item()) == (2.0, 1.0)  # one replay, one update, as the eager step
+    with pytest.raises(ValueError, match="input 1 is on meta and its first on cpu: a CUDA graph needs every input"):
+        cuda_graphs.GraphedStep(step, (count, torch.ones(2, device="meta")), {0}, graph=RecordedGraph())
+
+
 @pytest.mark.parametrize("kind, reason", [(Unrecordable, "could not be recorded as a CUDA graph"),
                                           (NeverReplayed, "gave nan where the pair gives")],
                          ids=["cannot be recorded", "replay differs"])
@@ -149,6 +166,33 @@ def test_on_cuda_a_recorded_step_trains_as_the_plain_replay(compile):
     plain = dlgm(device="cuda", compile=compile)
     plain.fit()
     graphed = dlgm(device="cuda", compile=compile, cuda_graphs=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CaptureWarning)
+        graphed.fit()
+    assert all(isinstance(joint.graph, cuda_graphs.GraphedStep) for joint in graphed.loss.graphs.values())
+    assert_same(graphed, plain, rtol=1e-5, atol=1e-6)
+
+
+@cuda
+def test_on_cuda_a_step_that_cannot_be_recorded_falls_back_on_the_stream_it_came_from():
+    """A capture that fails (a read back to the host is not allowed while recording) raises, and leaves the
+    default stream current: training after the fallback does not run on the capture's side stream."""
+    w = torch.ones(3, device="cuda")
+
+    def step(w):
+        return w.sum() * w.sum().item(), w
+
+    with pytest.raises(Exception):  # noqa: B017 — whichever error CUDA gives, the stream must be put back
+        cuda_graphs.GraphedStep(step, (w,), {0})
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+
+
+@cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices: a graph on the one not current")
+def test_on_a_cuda_device_that_is_not_current_the_graph_records_its_steps():
+    plain = dlgm(device="cuda:1")
+    plain.fit()
+    graphed = dlgm(device="cuda:1", cuda_graphs=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", CaptureWarning)
         graphed.fit()

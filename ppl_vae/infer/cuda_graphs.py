@@ -39,22 +39,27 @@ def available(device: torch.device) -> bool:
 class CudaGraph:
     """``torch.cuda.CUDAGraph`` behind the two calls ``GraphedStep`` makes: ``capture`` and ``replay``."""
 
-    def capture(self, fn: Callable, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
-        """Run ``fn(*inputs)`` ``WARMUP_RUNS`` times on a side stream, then record it; its outputs, which
-        each replay overwrites."""
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(WARMUP_RUNS):
-                fn(*inputs)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, stream=stream):
-            outputs = fn(*inputs)
+    def capture(self, fn: Callable, inputs: Sequence[torch.Tensor], device: torch.device) -> Sequence[torch.Tensor]:
+        """Run ``fn(*inputs)`` ``WARMUP_RUNS`` times on a side stream of ``device``, then record it there; its
+        outputs, which each replay overwrites. (A graph records the current device's stream: on another
+        device's it would record nothing.)"""
+        with torch.cuda.device(device):
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            # the outer block puts the stream back even where a failed capture's own exit raises first
+            with torch.cuda.stream(stream):
+                for _ in range(WARMUP_RUNS):
+                    fn(*inputs)
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph, stream=stream):
+                    outputs = fn(*inputs)
+            torch.cuda.current_stream(device).wait_stream(stream)
+        self.device = device
         return outputs
 
     def replay(self) -> None:
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            self.graph.replay()
 
 
 class GraphedStep:
@@ -67,16 +72,29 @@ class GraphedStep:
         others get buffers of their own, into which each call copies its inputs.
     :param graph: what records and replays (``CudaGraph``; tests give a stand-in with its semantics).
 
-    Recording runs the step (``WARMUP_RUNS``), which draws from the random stream: the callers check the
-    recorded step from the eager step's random state and then put the stream where the eager step left it.
+    Every input must be on one device: a graph reads a tensor of another device (a CPU scalar, say) once,
+    when it is recorded, and never again (a ``ValueError`` says which). Recording runs the step
+    (``WARMUP_RUNS``): what it changes in place is put back after, and what it draws from the random
+    stream is for the callers to put back (they check the recorded step from the eager step's random
+    state, then set the stream where the eager step left it).
     """
 
     def __init__(self, fn: Callable, inputs: Sequence[torch.Tensor], in_place: set[int], graph=None):
-        # detached aliases hold the memory the graph reads, even if a caller later moves its tensor (``.data =``)
+        device = inputs[0].device
+        elsewhere = [i for i, t in enumerate(inputs) if t.device != device]
+        if elsewhere:
+            raise ValueError(f"the step's input {elsewhere[0]} is on {inputs[elsewhere[0]].device} and its first on "
+                             f"{device}: a CUDA graph needs every input on one device")
+        # detached aliases hold the memory the graph reads, even if a caller later moves its tensor (``.data =``);
+        # the step is recorded on the caller's own tensors (a compiled step's guards know them as they are)
         self.buffers = [t.detach() if i in in_place else t.detach().clone() for i, t in enumerate(inputs)]
+        recorded_on = [t if i in in_place else self.buffers[i] for i, t in enumerate(inputs)]
+        before = [self.buffers[i].clone() for i in sorted(in_place)]  # a step may update a buffer (running statistics)
         self.graph = graph or CudaGraph()
         with torch.no_grad():
-            self.outputs = list(self.graph.capture(fn, self.buffers))
+            self.outputs = list(self.graph.capture(fn, recorded_on, device))
+            for i, value in zip(sorted(in_place), before):
+                self.buffers[i].copy_(value)
 
     def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """``fn(*inputs)``: the loss as a copy, the gradients as the graph's own tensors."""
