@@ -397,7 +397,7 @@ def bench_cuda_graphs(n: int, rounds: int, device: torch.device, restarts: int =
             "max_parameter_difference": {"cell": difference([cells[False]], [cells[True]]),
                                          "program": difference(programs[False].trainers, programs[True].trainers)},
             "graphed": {"cell": all(isinstance(g, GraphedStep) for g in graphs),
-                        "program": all(isinstance(s.graph, GraphedStep) for s in programs[True].graphs.values())}}
+                        "program": all(isinstance(s.recorded, GraphedStep) for s in programs[True].graphs.values())}}
 
 
 def _resident_mib(field: str) -> float:

@@ -62,20 +62,20 @@ def test_a_recorded_step_trains_exactly_as_the_plain_replay(monkeypatch, batch_s
     assert sum(graph.replays for graph in made) == graphed.step
 
 
-def test_restarts_replay_their_vectorised_step_as_one_recorded_graph(monkeypatch):
-    """Two restarts trained as one program: with the graph recorded, the same numbers to the last bit
-    as the vectorised replay; each restart's noise is drawn into the graph's own buffer."""
-    plain = [dlgm(seed) for seed in (0, 1)]
-    Restarts(plain).fit()
+def test_restarts_replay_their_vectorised_step_and_its_draws_as_one_recorded_graph(monkeypatch):
+    """Two restarts trained as one program: with the step recorded, each restart's noise draws included,
+    the same numbers to the last bit as the vectorised replay, and each restart's random stream ends
+    where the replay's does."""
+    plain = Restarts([dlgm(seed) for seed in (0, 1)])
+    plain.fit()
     made = stand_in(monkeypatch)
-    graphed = [dlgm(seed, cuda_graphs=True) for seed in (0, 1)]
-    program = Restarts(graphed)
+    program = Restarts([dlgm(seed, cuda_graphs=True) for seed in (0, 1)])
     program.fit()
-    for a, b in zip(graphed, plain):
+    for a, b in zip(program.trainers, plain.trainers):
         assert_same(a, b)
+    assert all(torch.equal(g.get_state(), h.get_state()) for g, h in zip(program.generators, plain.generators))
     (step,) = program.graphs.values()
-    assert isinstance(step.graph, cuda_graphs.GraphedStep)
-    assert all(any(n.data_ptr() == b.data_ptr() for b in step.graph.buffers) for n in step.noise)
+    assert isinstance(step.recorded, cuda_graphs.GraphedStep)
     (graph,) = made
     assert graph.replays == program.step + 1  # the check, then every update (of R > 1, the first one too)
 
@@ -135,15 +135,45 @@ def test_a_step_that_cannot_be_graphed_warns_and_trains_as_before(monkeypatch, k
     assert not any(isinstance(joint.graph, cuda_graphs.GraphedStep) for joint in graphed.loss.graphs.values())
 
 
-def test_restarts_whose_step_cannot_be_graphed_warn_and_train_as_before(monkeypatch):
+def test_a_recorded_step_that_leaves_the_random_stream_behind_is_not_kept(monkeypatch):
+    """A graph whose replays drew from a stream they did not advance would draw the same numbers every
+    step, and its first replay would still pass: where the check's replay leaves the stream is checked too."""
+
+    class FrozenStream(RecordedGraph):
+        def replay(self):
+            state = torch.get_rng_state()
+            super().replay()
+            torch.set_rng_state(state)
+
+    plain = dlgm()
+    plain.fit()
+    stand_in(monkeypatch, FrozenStream)
+    graphed = dlgm(cuda_graphs=True)
+    with pytest.warns(CaptureWarning, match="leaves the random stream elsewhere than the eager step"):
+        graphed.fit()
+    assert_same(graphed, plain)
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["replay differs", "a stream left behind"])
+def test_restarts_whose_step_cannot_be_graphed_warn_and_train_as_before(monkeypatch, frozen):
     plain = [dlgm(seed) for seed in (0, 1)]
     Restarts(plain).fit()
-    stand_in(monkeypatch, NeverReplayed)
-    graphed = [dlgm(seed, cuda_graphs=True) for seed in (0, 1)]
-    with pytest.warns(VectoriseWarning, match="replaying it without a CUDA graph"):
-        Restarts(graphed).fit()
-    for a, b in zip(graphed, plain):
+    program = Restarts([dlgm(seed, cuda_graphs=True) for seed in (0, 1)])
+
+    class FrozenStreams(RecordedGraph):
+        def replay(self):
+            states = [g.get_state() for g in program.generators]
+            super().replay()
+            for g, state in zip(program.generators, states):
+                g.set_state(state)
+
+    stand_in(monkeypatch, FrozenStreams if frozen else NeverReplayed)
+    reason = "leaves restart 0's random stream elsewhere than its eager step" if frozen else "gave \\[nan, nan\\]"
+    with pytest.warns(VectoriseWarning, match=f"{reason}.*replaying it without a CUDA graph"):
+        program.fit()
+    for a, b in zip(program.trainers, plain):
         assert_same(a, b)
+    assert all(step.recorded is None for step in program.graphs.values())
 
 
 def test_on_the_cpu_cuda_graphs_are_ignored():
@@ -209,6 +239,6 @@ def test_on_cuda_restarts_replay_one_recorded_graph():
     with warnings.catch_warnings():
         warnings.simplefilter("error", VectoriseWarning)
         program.fit()
-    assert all(isinstance(step.graph, cuda_graphs.GraphedStep) for step in program.graphs.values())
+    assert all(isinstance(step.recorded, cuda_graphs.GraphedStep) for step in program.graphs.values())
     for a, b in zip(graphed, plain):
         assert_same(a, b, rtol=1e-5, atol=1e-6)

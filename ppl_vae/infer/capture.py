@@ -341,19 +341,23 @@ class TrainingLoss:
                 return cuda_graphs.GraphedStep(graph, (*self.state, *inputs), {*range(n), n + 1, n + 2, n + 3})
 
             graph = self._checked(graph, record, "could not be recorded as a CUDA graph", "without a CUDA graph",
-                                  *checks)
+                                  *checks, rng_after=rng_after)
         set_rng_state(rng_after, x.device)
         return JointGraph(graph, grad_of)
 
-    def _mismatch(self, graph, inputs, loss, grads, grad_of, rng_before) -> str | None:
+    def _mismatch(self, graph, inputs, loss, grads, grad_of, rng_before, rng_after=None) -> str | None:
         """Run ``graph`` from the random state the eager step started from; how its loss or a
-        gradient differs from the eager step's, or None."""
+        gradient differs from the eager step's, or (given ``rng_after``) how it leaves the training
+        device's random stream elsewhere than the eager step did; or None."""
         x, scale = inputs[0], inputs[2]
         set_rng_state(rng_before, x.device)
         with torch.no_grad():
             replayed, *replayed_grads = graph(*self.state, *inputs)
         if not torch.allclose(replayed, loss, rtol=1e-5, atol=1e-5 * scale.abs().item(), equal_nan=True):
             return f"gave {replayed.item()} where the pair gives {loss.item()}"
+        stream = "cuda" if x.device.type == "cuda" else "torch"
+        if rng_after is not None and not torch.equal(rng_state(x.device)[stream], rng_after[stream]):
+            return "leaves the random stream elsewhere than the eager step (its draws would repeat or skip)"
         replayed_by_input = dict(zip(grad_of, replayed_grads))
         mismatch = _grad_mismatch([self.names[i] for i in self.trainable],
                                   [replayed_by_input.get(i) for i in self.trainable], list(grads))
@@ -366,12 +370,14 @@ class TrainingLoss:
         return torch.compile(graph, backend="inductor", dynamic=False, fullgraph=True,
                              options={"fallback_random": True})
 
-    def _checked(self, graph, make, failed: str, instead: str, inputs, loss, grads, grad_of, rng_before):
-        """``make(graph)`` (compiled, recorded as a CUDA graph), checked like the capture; where it cannot be
-        made or its step differs from the eager one, ``graph`` with a ``CaptureWarning``."""
+    def _checked(self, graph, make, failed: str, instead: str, inputs, loss, grads, grad_of, rng_before,
+                 rng_after=None):
+        """``make(graph)`` (compiled, recorded as a CUDA graph), checked like the capture (and, given
+        ``rng_after``, for where it leaves the random stream); where it cannot be made or its step differs
+        from the eager one, ``graph`` with a ``CaptureWarning``."""
         try:
             made = make(graph)
-            mismatch = self._mismatch(made, inputs, loss, grads, grad_of, rng_before)
+            mismatch = self._mismatch(made, inputs, loss, grads, grad_of, rng_before, rng_after)
         except Exception as error:  # noqa: BLE001 — a compiler or CUDA-graph failure leaves the plain replay
             mismatch = f"{failed} ({_reason(error)})"
         if mismatch:

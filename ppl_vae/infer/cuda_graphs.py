@@ -12,10 +12,11 @@ are the graph's own tensors, overwritten by the next replay (they are the parame
 then); the loss it returns is a copy, which a caller may keep. Shapes are static within one graph:
 ``capture.TrainingLoss`` and ``restarts.Restarts`` keep a graph per batch shape.
 
-Random draws inside the graph come from torch's CUDA generator, whose offset the graph advances on
-each replay as the eager kernels would (PyTorch's graph-safe random state), so a replay from a
-random state draws what the eager step drew from it. ``Restarts`` draws each restart's noise from
-that restart's own generator into the graph's noise buffers, outside the graph.
+Random draws are recorded too. A CUDA generator used while recording (torch's own, for a cell's
+step; each restart's own, for a program's noise) is registered with the graph, which advances its
+offset on each replay as the eager kernels would (PyTorch's graph-safe random state): a replay from
+a random state draws what the eager step drew from it, and leaves the stream where the eager step
+did, which the callers check after the first replay.
 """
 
 from __future__ import annotations

@@ -69,12 +69,14 @@ class VectoriseWarning(UserWarning):
 class VectorisedGraph:
     """A step of R restarts: ``graph(*stacked state, x, weights, scale, release, *fields, *noise)`` gives
     the R losses and the stacked gradients of the inputs ``grad_of``; ``draws``: the noise it takes,
-    drawn each step into ``noise`` (``[R, *shape]`` each, filled in place)."""
+    drawn each step into ``noise`` (``[R, *shape]`` each, filled in place). ``recorded``: on CUDA, the
+    step and its draws as one CUDA graph (``cuda_graphs.GraphedStep``), where made."""
 
     graph: Callable
     draws: list[NoiseInput]
     grad_of: list[int]
     noise: list[torch.Tensor]
+    recorded: Callable | None = None
 
     def draw(self, generators: list[torch.Generator]) -> list[torch.Tensor]:
         """Each restart's noise from its own generator, into its slice of ``noise``; returns ``noise``."""
@@ -82,6 +84,14 @@ class VectorisedGraph:
             for r, generator in enumerate(generators):
                 draw.draw(generator, out=buffer[r])
         return self.noise
+
+    def __call__(self, state: list[torch.Tensor], inputs: tuple, generators: list[torch.Generator]) -> list:
+        """The step on ``state`` and ``inputs`` (x, weights, scale, release, fields), each restart's noise
+        drawn from its generator in ``generators``: the R losses and the stacked gradients."""
+        with torch.no_grad():
+            if self.recorded is not None:
+                return self.recorded(*state, *inputs)
+            return self.graph(*state, *inputs, *self.draw(generators))
 
 
 def clip_per_restart(grads: list[torch.Tensor], max_norm: float) -> None:
@@ -275,9 +285,7 @@ class Restarts:
             loss = self._first(key, x, weights, scale, release, fields, x_dim)
         else:
             step = self.graphs[key]
-            noise = step.draw(self.generators)
-            with torch.no_grad():
-                loss, *grads = step.graph(*self.state, x, weights, scale, release, *fields.values(), *noise)
+            loss, *grads = step(self.state, (x, weights, scale, release, *fields.values()), self.generators)
             set_grads(self.state, step.grad_of, grads)
         if self.config.grad_clip:
             clip_per_restart([t.grad for t in self.trainable_tensors if t.grad is not None], self.config.grad_clip)
@@ -302,28 +310,29 @@ class Restarts:
                             *((name, tuple(t.shape), t.dtype) for name, t in fields_r.items()))
             grads.append([t.grad for t in trainer.loss.trainable_tensors])
             self._set_stream(r, rng_state(self.device))
+        after = [self._stream(r) for r in range(self.R)]
         loss = torch.stack(losses)
         for j, stacked in enumerate(self.trainable_tensors):
             if grads[0][j] is not None:
                 stacked.grad = torch.stack([g[j] for g in grads])
         inputs = (x, weights, scale, release, *fields.values())
-        self.graphs[key] = step = self._vectorise(captured, inputs, x_dim, before, loss)
+        self.graphs[key] = step = self._vectorise(captured, inputs, x_dim, before, after, loss)
         if self.R > 1:  # the step replayed, so every update of the program is the graph's, resumed or not
             loss, *grads = self._replay(step, inputs, before)
             for t in self.trainable_tensors:
                 t.grad = None
             set_grads(self.state, step.grad_of, grads)
+        for r, stream in enumerate(after):  # each restart's stream where its eager step left it, whatever checked
+            self._set_stream(r, stream)
         return loss
 
     def _replay(self, step: VectorisedGraph, inputs, streams: list[dict]) -> list[torch.Tensor]:
-        """``step`` on ``inputs`` with each restart's noise drawn from ``streams`` (its generator left as it is)."""
-        generators = [torch.Generator(self.device) for _ in range(self.R)]
-        for g, state in zip(generators, streams):
+        """``step`` on ``inputs``, each restart's generator set to its state in ``streams`` first."""
+        for g, state in zip(self.generators, streams):
             g.set_state(state["cuda" if self.device.type == "cuda" else "torch"].cpu())
-        with torch.no_grad():
-            return step.graph(*self.state, *inputs, *step.draw(generators))
+        return step(self.state, inputs, self.generators)
 
-    def _vectorise(self, captured: tuple, inputs, x_dim, before, loss) -> VectorisedGraph:
+    def _vectorise(self, captured: tuple, inputs, x_dim, before, after, loss) -> VectorisedGraph:
         """Restart 0's captured graph with its noise as inputs, vmapped over the restarts, checked from
         each restart's stream before the step against its eager loss and gradients (then compiled, and
         recorded as a CUDA graph, each checked alike)."""
@@ -345,27 +354,33 @@ class Restarts:
         mismatch = self._mismatch(step, inputs, before, loss)
         if mismatch:
             raise NotVectorised(f"the vectorised training loss {mismatch} from the same random state")
-        checks = (inputs, before, loss)
         if self.config.compile:
-            compiled = functools.partial(torch.compile, backend="inductor", dynamic=False, fullgraph=True)
-            self._improve(step, compiled, "could not be compiled", "uncompiled", *checks)
+            compiled = functools.partial(torch.compile, step.graph, backend="inductor", dynamic=False, fullgraph=True)
+            self._improve(step, "graph", compiled, "could not be compiled", "uncompiled", inputs, before, loss)
         if self.config.cuda_graphs and cuda_graphs.available(self.device):
-            n, m = len(self.state), len(self.state) + len(inputs)  # in place: the state, weights, scale, release, noise
+            n = len(self.state)  # the state, the weights, the scale and the release are updated in place
 
-            def record(graph):
-                return cuda_graphs.GraphedStep(graph, (*self.state, *inputs, *noise),
-                                               {*range(n), n + 1, n + 2, n + 3, *range(m, m + len(noise))})
+            def record():  # the draws into the noise buffers recorded too: each restart's generator, advanced
+                return cuda_graphs.GraphedStep(lambda *a: step.graph(*a, *step.draw(self.generators)),
+                                               (*self.state, *inputs), {*range(n), n + 1, n + 2, n + 3})
 
-            self._improve(step, record, "could not be recorded as a CUDA graph", "without a CUDA graph", *checks)
+            self._improve(step, "recorded", record, "could not be recorded as a CUDA graph", "without a CUDA graph",
+                          inputs, before, loss, after)
         return step
 
-    def _mismatch(self, step: VectorisedGraph, inputs, before, loss) -> str | None:
+    def _mismatch(self, step: VectorisedGraph, inputs, before, loss, after: list[dict] | None = None) -> str | None:
         """How ``step``, from the streams ``before``, differs from the eager losses ``loss`` and the
-        stacked gradients now set; None where it does not (the capture's tolerances)."""
+        stacked gradients now set, or (given ``after``) leaves a restart's stream elsewhere than its eager
+        step did; None where it does not (the capture's tolerances)."""
         replayed, *grads = self._replay(step, inputs, before)
         scale = inputs[2].abs().item()
         if not torch.allclose(replayed, loss, rtol=1e-5, atol=1e-5 * scale, equal_nan=True):
             return f"gave {replayed.tolist()} where the restarts give {loss.tolist()}"
+        key = "cuda" if self.device.type == "cuda" else "torch"
+        moved = [r for r, g in enumerate(self.generators) if after and not torch.equal(g.get_state(), after[r][key])]
+        if moved:
+            return (f"leaves restart {moved[0]}'s random stream elsewhere than its eager step (its draws would repeat "
+                    "or skip)")
         by_input = dict(zip(step.grad_of, grads))
         for r in range(self.R):
             mismatch = _grad_mismatch(self.names, [by_input[i][r] if i in by_input else None for i in self.trainable],
@@ -374,18 +389,18 @@ class Restarts:
                 return f"gives restart {r} the pair's loss but not its gradients: {mismatch}"
         return None
 
-    def _improve(self, step: VectorisedGraph, make: Callable, failed: str, instead: str, inputs, before, loss
-                 ) -> None:
-        """``step.graph`` replaced by ``make(step.graph)`` (compiled, recorded as a CUDA graph) where that
-        can be made and passes ``_mismatch``; else left, with a ``VectoriseWarning``."""
-        plain = step.graph
+    def _improve(self, step: VectorisedGraph, attribute: str, make: Callable, failed: str, instead: str, inputs,
+                 before, loss, after: list[dict] | None = None) -> None:
+        """``step.graph`` compiled or ``step.recorded`` made (``attribute``, set to ``make()``) where that can be
+        made and passes ``_mismatch``; else left as it was, with a ``VectoriseWarning``."""
+        was = getattr(step, attribute)
         try:
-            step.graph = make(plain)
-            mismatch = self._mismatch(step, inputs, before, loss)
+            setattr(step, attribute, make())
+            mismatch = self._mismatch(step, inputs, before, loss, after)
         except Exception as error:  # noqa: BLE001 — a compiler or CUDA-graph failure leaves the plain replay
             mismatch = f"{failed} ({_reason(error)})"
         if mismatch:
-            step.graph = plain
+            setattr(step, attribute, was)
             warnings.warn(f"the vectorised training loss {mismatch}; replaying it {instead}", VectoriseWarning,
                           stacklevel=6)
 
