@@ -16,7 +16,9 @@ Random draws are recorded too. A CUDA generator used while recording (torch's ow
 step; each restart's own, for a program's noise) is registered with the graph, which advances its
 offset on each replay as the eager kernels would (PyTorch's graph-safe random state): a replay from
 a random state draws what the eager step drew from it, and leaves the stream where the eager step
-did, which the callers check after the first replay.
+did, which the callers check after the first replay. (torch registers a generator of one's own as
+it draws from torch 2.14 on; with an older torch a program's step cannot be recorded, and replays
+as before, with a warning.)
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ class GraphedStep:
 
     def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """``fn(*inputs)``: the loss as a copy, the gradients as the graph's own tensors."""
-        for buffer, t in zip(self.buffers, inputs):
+        for buffer, t in zip(self.buffers, inputs, strict=True):
             if t.data_ptr() != buffer.data_ptr():
                 buffer.copy_(t)
         self.graph.replay()

@@ -87,7 +87,8 @@ class VectorisedGraph:
 
     def __call__(self, state: list[torch.Tensor], inputs: tuple, generators: list[torch.Generator]) -> list:
         """The step on ``state`` and ``inputs`` (x, weights, scale, release, fields), each restart's noise
-        drawn from its generator in ``generators``: the R losses and the stacked gradients."""
+        drawn from its generator in ``generators`` (when recorded, from the generators it was recorded
+        with, which ``Restarts`` always passes): the R losses and the stacked gradients."""
         with torch.no_grad():
             if self.recorded is not None:
                 return self.recorded(*state, *inputs)
