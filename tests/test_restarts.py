@@ -11,6 +11,7 @@ import warnings
 import pyro
 import pytest
 import torch
+from same_runs import assert_same
 
 from ppl_vae import DATASETS, GUIDES, MODELS, TrainConfig, Trainer
 from ppl_vae.data.datasets import Dataset
@@ -38,20 +39,6 @@ def separate(seed: int, data: Dataset = BITS, **config) -> Trainer:
     trainer = dlgm(seed, data, **config)
     trainer.fit()
     return trainer
-
-
-def assert_same(a: Trainer, b: Trainer, exact: bool, rtol: float = 1e-5, atol: float = 1e-6) -> None:
-    """The same history and parameters: equal, or within float rounding."""
-    if exact:
-        assert a.history == b.history
-        assert all(torch.equal(p, q) for p, q in zip(a.loss_fn.parameters(), b.loss_fn.parameters(), strict=True))
-        return
-    for row_a, row_b in zip(a.history, b.history, strict=True):
-        assert row_a.keys() == row_b.keys()
-        assert all(row_a[k] == pytest.approx(row_b[k], rel=rtol, abs=atol) for k in row_a
-                   if not isinstance(row_a[k], dict))
-    for p, q in zip(a.loss_fn.parameters(), b.loss_fn.parameters(), strict=True):
-        assert torch.allclose(p, q, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("config", [{}, {"batch_size": 16, "lr_final": None}],
