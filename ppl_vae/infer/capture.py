@@ -42,7 +42,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from ppl_vae.infer import cuda_graphs
 from ppl_vae.infer.handlers import FreeBits, GlobalShare, KLWeight
-from ppl_vae.infer.random_state import rng_state, set_rng_state
+from ppl_vae.infer.random_state import generator_key, rng_state, set_rng_state
 
 #: a replayed gradient passes when ||replayed - eager|| <= GRAD_RTOL * ||eager|| + GRAD_ATOL, per parameter
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-6
@@ -264,15 +264,12 @@ class TrainingLoss:
         if joint is None:
             with pyro.validation_enabled(False):
                 loss = self._eager(x, weight, release, fields) * scale
-            self._set_grads(self.trainable, torch.autograd.grad(loss, self.trainable_tensors, allow_unused=True))
+            set_grads(self.state, self.trainable, torch.autograd.grad(loss, self.trainable_tensors, allow_unused=True))
             return loss.detach()
         with torch.no_grad():
             loss, *grads = joint.graph(*self.state, x, weight, scale, release, *fields.values())
-        self._set_grads(joint.grad_of, grads)
+        set_grads(self.state, joint.grad_of, grads)
         return loss
-
-    def _set_grads(self, inputs: list[int], grads) -> None:
-        set_grads(self.state, inputs, grads)
 
     def _handlers(self, x: torch.Tensor, weight: torch.Tensor, release: torch.Tensor) -> ExitStack:
         """The KL weight, the free-bits floors and the global sites' share of the batch, as handlers."""
@@ -292,7 +289,7 @@ class TrainingLoss:
         before = rng_state(x.device)
         loss = self._eager(x, weight, release, fields) * scale
         grads = torch.autograd.grad(loss, self.trainable_tensors, allow_unused=True) if loss.requires_grad else ()
-        self._set_grads(self.trainable, grads)
+        set_grads(self.state, self.trainable, grads)
         self.graphs[key] = None
         refusal = getattr(getattr(self.loss_fn, "elbo", None), "capture_refusal", None)  # an estimator's own reason
         if self.capture and grads and refusal:
@@ -355,7 +352,7 @@ class TrainingLoss:
             replayed, *replayed_grads = graph(*self.state, *inputs)
         if not torch.allclose(replayed, loss, rtol=1e-5, atol=1e-5 * scale.abs().item(), equal_nan=True):
             return f"gave {replayed.item()} where the pair gives {loss.item()}"
-        stream = "cuda" if x.device.type == "cuda" else "torch"
+        stream = generator_key(x.device)
         if rng_after is not None and not torch.equal(rng_state(x.device)[stream], rng_after[stream]):
             return "leaves the random stream elsewhere than the eager step (its draws would repeat or skip)"
         replayed_by_input = dict(zip(grad_of, replayed_grads))

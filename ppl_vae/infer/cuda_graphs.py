@@ -92,11 +92,11 @@ class GraphedStep:
         # the step is recorded on the caller's own tensors (a compiled step's guards know them as they are)
         self.buffers = [t.detach() if i in in_place else t.detach().clone() for i, t in enumerate(inputs)]
         recorded_on = [t if i in in_place else self.buffers[i] for i, t in enumerate(inputs)]
-        before = [self.buffers[i].clone() for i in sorted(in_place)]  # a step may update a buffer (running statistics)
+        before = {i: self.buffers[i].clone() for i in in_place}  # a step may update a buffer (running statistics)
         self.graph = graph or CudaGraph()
         with torch.no_grad():
             self.outputs = list(self.graph.capture(fn, recorded_on, device))
-            for i, value in zip(sorted(in_place), before):
+            for i, value in before.items():
                 self.buffers[i].copy_(value)
 
     def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:

@@ -16,6 +16,11 @@ def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     return state
 
 
+def generator_key(device: torch.device) -> str:
+    """The entry of ``rng_state`` that is ``device``'s own generator: ``"cuda"`` on a GPU, else torch's (CPU)."""
+    return "cuda" if device.type == "cuda" else "torch"
+
+
 def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state:

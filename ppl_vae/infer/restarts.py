@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from ppl_vae.infer import cuda_graphs
 from ppl_vae.infer.capture import NoiseInput, _grad_mismatch, _reason, noise_inputs, set_grads, vectorised
 from ppl_vae.infer.nonfinite import NonFiniteLossError
-from ppl_vae.infer.random_state import rng_state, set_rng_state
+from ppl_vae.infer.random_state import generator_key, rng_state, set_rng_state
 from ppl_vae.infer.training import Trainer, adam, cpu_threads
 
 __all__ = ["Restarts", "NotVectorised", "VectoriseWarning", "PER_RESTART", "clip_per_restart"]
@@ -330,7 +330,7 @@ class Restarts:
     def _replay(self, step: VectorisedGraph, inputs, streams: list[dict]) -> list[torch.Tensor]:
         """``step`` on ``inputs``, each restart's generator set to its state in ``streams`` first."""
         for g, state in zip(self.generators, streams):
-            g.set_state(state["cuda" if self.device.type == "cuda" else "torch"].cpu())
+            g.set_state(state[generator_key(self.device)].cpu())
         return step(self.state, inputs, self.generators)
 
     def _vectorise(self, captured: tuple, inputs, x_dim, before, after, loss) -> VectorisedGraph:
@@ -377,7 +377,7 @@ class Restarts:
         scale = inputs[2].abs().item()
         if not torch.allclose(replayed, loss, rtol=1e-5, atol=1e-5 * scale, equal_nan=True):
             return f"gave {replayed.tolist()} where the restarts give {loss.tolist()}"
-        key = "cuda" if self.device.type == "cuda" else "torch"
+        key = generator_key(self.device)
         moved = [r for r, g in enumerate(self.generators) if after and not torch.equal(g.get_state(), after[r][key])]
         if moved:
             return (f"leaves restart {moved[0]}'s random stream elsewhere than its eager step (its draws would repeat "
