@@ -390,14 +390,15 @@ def bench_cuda_graphs(n: int, rounds: int, device: torch.device, restarts: int =
         return max((p - q).abs().max().item() for s, t in zip(a, b)
                    for p, q in zip(s.loss_fn.parameters(), t.loss_fn.parameters()))
 
-    graphs = [joint.graph for joint in cells[True].loss.graphs.values()]
+    graphs = [None if joint is None else joint.graph for joint in cells[True].loss.graphs.values()]  # None: eager
     return {"n": n, "restarts": restarts, "compile": compile, "steps_per_round": steps, "rounds": rounds,
             "ms_per_step": medians, "steps_per_s": {name: 1000 / t for name, t in medians.items()},
             "speed_up": {"cell": ratio("cell", "cell, CUDA graph"), "program": ratio("program", "program, CUDA graph")},
             "max_parameter_difference": {"cell": difference([cells[False]], [cells[True]]),
                                          "program": difference(programs[False].trainers, programs[True].trainers)},
-            "graphed": {"cell": all(isinstance(g, GraphedStep) for g in graphs),
-                        "program": all(isinstance(s.recorded, GraphedStep) for s in programs[True].graphs.values())}}
+            "graphed": {"cell": bool(graphs) and all(isinstance(g, GraphedStep) for g in graphs),
+                        "program": bool(programs[True].graphs)
+                        and all(isinstance(s.recorded, GraphedStep) for s in programs[True].graphs.values())}}
 
 
 def _resident_mib(field: str) -> float:

@@ -97,8 +97,9 @@ def test_a_graphed_step_copies_only_what_moved_and_returns_a_loss_to_keep():
 
 
 def test_recording_puts_back_what_the_step_changes_in_place_and_refuses_inputs_elsewhere():
-    """The warm-up runs of a step that updates an input in place (running statistics, say) leave no trace;
-    a step with an input on another device (read once, at recording, by a CUDA graph) is refused by name."""
+    """The warm-up runs of a step that updates an input in place (running statistics, say) leave no trace,
+    whether or not the step is then recorded; a step with an input on another device (read once, at
+    recording, by a CUDA graph) is refused by name."""
     count, x = torch.zeros(()), torch.ones(2)
 
     def step(count, x):
@@ -109,6 +110,9 @@ def test_recording_puts_back_what_the_step_changes_in_place_and_refuses_inputs_e
     assert count.item() == 0.0
     loss, _ = graphed(count, x)
     assert (loss.item(), count.item()) == (2.0, 1.0)  # one replay, one update, as the eager step
+    with pytest.raises(RuntimeError, match="not permitted when stream is capturing"):
+        cuda_graphs.GraphedStep(step, (count, x), {0}, graph=Unrecordable())
+    assert count.item() == 1.0  # a recording that fails after its warm-ups leaves no trace either
     with pytest.raises(ValueError, match="input 1 is on meta and its first on cpu: a CUDA graph needs every input"):
         cuda_graphs.GraphedStep(step, (count, torch.ones(2, device="meta")), {0}, graph=RecordedGraph())
 
@@ -212,7 +216,7 @@ def test_on_cuda_a_step_that_cannot_be_recorded_falls_back_on_the_stream_it_came
     def step(w):
         return w.sum() * w.sum().item(), w
 
-    with pytest.raises(Exception):  # noqa: B017 — whichever error CUDA gives, the stream must be put back
+    with pytest.raises(RuntimeError, match="(?i)captur"):  # CUDA refuses the read while capturing
         cuda_graphs.GraphedStep(step, (w,), {0})
     assert torch.cuda.current_stream() == torch.cuda.default_stream()
     assert torch.randn(3, device="cuda").isfinite().all()  # the generator draws eagerly again

@@ -20,7 +20,7 @@ from ppl_vae.infer.nonfinite import NonFiniteLossError
 from ppl_vae.infer.random_state import rng_state
 from ppl_vae.infer.restarts import NotVectorised, Restarts, VectoriseWarning, clip_per_restart
 from ppl_vae.io import load_tensors
-from ppl_vae.lab.experiment import run
+from ppl_vae.lab.experiment import CellsFailed, run
 
 BITS = DATASETS["bits"](n=5, rows=100)  # 80 training rows of a bit replicated 5 times
 #: the single-bit study's 2-layer cell in small: free bits released over the run, a decaying learning rate
@@ -73,9 +73,10 @@ def test_restarts_with_their_own_seeds_and_kl_weights_follow_their_separate_cell
     assert loss_shapes == [(3,)]
 
 
-def test_a_restart_whose_loss_turns_nan_fails_alone_and_names_its_epoch():
-    """A NaN put into restart 1's parameters after epoch 4: it stops with an error naming epoch 5 and
-    the fix, and writes nothing more; restart 0 trains on to its separate cell's numbers."""
+def test_a_restart_whose_loss_turns_nan_fails_alone_and_names_its_step():
+    """A NaN put into restart 1's parameters after epoch 4: the span is replayed from its snapshot and
+    the error names step 4 (epoch 5), as its separate cell's would, and the fix; it writes nothing
+    more. Restart 0 trains on to the numbers of the same program unpoisoned, bit for bit."""
     rows = []
     trainers = [dlgm(0), dlgm(1)]
 
@@ -86,9 +87,43 @@ def test_a_restart_whose_loss_turns_nan_fails_alone_and_names_its_epoch():
 
     results = Restarts(trainers).fit(on_epoch=[None, poison])
     assert isinstance(results[1], NonFiniteLossError)
-    assert "epoch 5" in str(results[1]) and "--set train.vectorise=false" in str(results[1])
+    assert "at step 4 (epoch 5)" in str(results[1]) and "no longer finite" in str(results[1])
+    assert any("--set train.vectorise=false" in note for note in results[1].__notes__)
     assert [row["epoch"] for row in rows] == [4] and results[0] == trainers[0].history
-    assert_same(trainers[0], separate(0), exact=False)
+    healthy = [dlgm(0), dlgm(1)]
+    Restarts(healthy).fit()
+    assert_same(trainers[0], healthy[0], exact=True)
+
+
+@pytest.mark.parametrize("poisoned", [0, 1])
+def test_a_restart_whose_first_step_raises_fails_alone(poisoned):
+    """Shuffled batches of 32 of 80 rows: each epoch ends with a short batch, a shape of its own whose
+    first step runs every restart eagerly, where Pyro's checks refuse NaN parameters. A restart made NaN
+    before training fails alone there (the first restart whose step succeeds is captured) with its
+    first step named; the other trains to its numbers in the healthy program, bit for bit."""
+    config = {"batch_size": 32, "lr_final": None, "epochs": 4}
+    trainers = [dlgm(0, **config), dlgm(1, **config)]
+    next(trainers[poisoned].loss_fn.parameters()).data.fill_(math.nan)
+    results = Restarts(trainers).fit()
+    assert isinstance(results[poisoned], NonFiniteLossError)
+    assert "at step 0 (epoch 1)" in str(results[poisoned])
+    healthy = [dlgm(0, **config), dlgm(1, **config)]
+    Restarts(healthy).fit()
+    assert results[1 - poisoned] == trainers[1 - poisoned].history
+    assert_same(trainers[1 - poisoned], healthy[1 - poisoned], exact=True)
+
+
+def test_a_restart_whose_scoring_or_saving_raises_fails_alone():
+    """What a restart's own end of span raises (its on_epoch call, as a full disk would in saving) is
+    its error alone; the other restart finishes."""
+
+    def full_disk(row):
+        raise OSError("No space left on device")
+
+    trainers = [dlgm(0), dlgm(1)]
+    results = Restarts(trainers).fit(on_epoch=[None, full_disk])
+    assert isinstance(results[1], OSError) and trainers[1].epoch == 4
+    assert results[0] == trainers[0].history and trainers[0].epoch == 12
 
 
 def test_checkpoints_are_the_separate_cells_and_resume_exactly(tmp_path):
@@ -266,6 +301,29 @@ def test_a_vectorised_grid_writes_each_cells_folder_and_resumes_exactly(tmp_path
     assert [s["loss"] for s in resumed] == [s["loss"] for s in together]
     rows = (tmp_path / "stopped" / "results.csv").read_text().splitlines()
     assert len(rows) == 4 and rows[0].startswith("seed,")
+
+
+def test_a_vectorised_cell_whose_diagnostics_raise_fails_alone(tmp_path, monkeypatch):
+    """A restart whose figures, diagnostics or summary raise is that cell's failure alone: the others
+    of its program are finished, with their summaries and results rows."""
+    from ppl_vae.lab import cell
+
+    original = cell._finish
+
+    def finish(task, *args, **kwargs):
+        if task.cell.config["train"]["seed"] == 1:
+            raise RuntimeError("a figure could not be drawn")
+        return original(task, *args, **kwargs)
+
+    monkeypatch.setattr(cell, "_finish", finish)
+    path = tmp_path / "grid.toml"
+    path.write_text(GRID)
+    failure = "1 of 3 cell\\(s\\) failed: .*seed.1.*RuntimeError: a figure could not"
+    with pytest.raises(CellsFailed, match=failure) as failed:
+        run(path, tmp_path / "out", progress=False)
+    assert len(failed.value.failed) == 1
+    rows = (tmp_path / "out" / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and [r.split(",")[0] for r in rows[1:]] == ["0", "2"]
 
 
 @pytest.mark.parametrize("jobs", [1, 2])

@@ -49,14 +49,15 @@ class CudaGraph:
         with torch.cuda.device(device):
             stream = torch.cuda.Stream(device)
             stream.wait_stream(torch.cuda.current_stream(device))
-            # the outer block puts the stream back even where a failed capture's own exit raises first
-            with torch.cuda.stream(stream):
-                for _ in range(WARMUP_RUNS):
-                    fn(*inputs)
-                self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph, stream=stream):
-                    outputs = fn(*inputs)
-            torch.cuda.current_stream(device).wait_stream(stream)
+            try:  # the outer block puts the stream back even where a failed capture's own exit raises first
+                with torch.cuda.stream(stream):
+                    for _ in range(WARMUP_RUNS):
+                        fn(*inputs)
+                    self.graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(self.graph, stream=stream):
+                        outputs = fn(*inputs)
+            finally:  # what the side stream ran (the warm-ups, at least) is done before the caller goes on
+                torch.cuda.current_stream(device).wait_stream(stream)
         self.device = device
         return outputs
 
@@ -76,10 +77,11 @@ class GraphedStep:
     :param graph: what records and replays (``CudaGraph``; tests give a stand-in with its semantics).
 
     Every input must be on one device: a graph reads a tensor of another device (a CPU scalar, say) once,
-    when it is recorded, and never again (a ``ValueError`` says which). Recording runs the step
-    (``WARMUP_RUNS``): what it changes in place is put back after, and what it draws from the random
-    stream is for the callers to put back (they check the recorded step from the eager step's random
-    state, then set the stream where the eager step left it).
+    when it is recorded, and never again (a ``ValueError`` says which). ``fn`` is kept: the graph reads
+    the constants it holds (a traced graph's tensors) but keeps none of them alive. Recording runs the
+    step (``WARMUP_RUNS``): what it changes in place is put back after, whether or not the recording
+    succeeds, and what it draws from the random stream is for the callers to put back (they check the
+    recorded step from the eager step's random state, then set the stream where the eager step left it).
     """
 
     def __init__(self, fn: Callable, inputs: Sequence[torch.Tensor], in_place: set[int], graph=None):
@@ -93,11 +95,15 @@ class GraphedStep:
         self.buffers = [t.detach() if i in in_place else t.detach().clone() for i, t in enumerate(inputs)]
         recorded_on = [t if i in in_place else self.buffers[i] for i, t in enumerate(inputs)]
         before = {i: self.buffers[i].clone() for i in in_place}  # a step may update a buffer (running statistics)
-        self.graph = graph or CudaGraph()
+        # a graph holds no reference to what it reads: the step's own constants (a traced graph's, a compiled
+        # module's) live as long as the step, which is kept for as long as the graph is replayed
+        self.fn, self.graph = fn, graph or CudaGraph()
         with torch.no_grad():
-            self.outputs = list(self.graph.capture(fn, recorded_on, device))
-            for i, value in before.items():
-                self.buffers[i].copy_(value)
+            try:
+                self.outputs = list(self.graph.capture(fn, recorded_on, device))
+            finally:  # recorded or not, the warm-ups' updates are undone
+                for i, value in before.items():
+                    self.buffers[i].copy_(value)
 
     def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """``fn(*inputs)``: the loss as a copy, the gradients as the graph's own tensors."""

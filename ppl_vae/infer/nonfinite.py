@@ -33,12 +33,16 @@ def nonfinite_sites(model, guide, x: torch.Tensor, fields: dict | None = None) -
 
 def step_error(model, guide, x: torch.Tensor, loss: torch.Tensor, step: int, epoch: int,
                fields: dict | None = None) -> NonFiniteLossError:
-    """The error for a step whose loss is not finite, naming the sites at fault."""
-    sites = nonfinite_sites(model, guide, x, fields)
-    return NonFiniteLossError(
-        f"the training loss is {loss.item()} at step {step} (epoch {epoch}); non-finite "
-        f"log-density at {', '.join(sites) or 'no single site (check the gradients)'}. "
-        "Lower train.lr, or check the data and the likelihood scale.")
+    """The error for a step whose loss is not finite, naming the sites at fault (or, where Pyro's checks
+    refuse the pair's distributions, the parameters an earlier step's gradient made NaN)."""
+    try:
+        where = "non-finite log-density at " + (", ".join(nonfinite_sites(model, guide, x, fields))
+                                                or "no single site (check the gradients)")
+    except ValueError as error:  # a distribution's parameters out of its support: NaN parameters
+        where = (f"the pair cannot be traced ({(str(error).splitlines() or [''])[0]}): its parameters are "
+                 "no longer finite, so an earlier step's gradient was not")
+    return NonFiniteLossError(f"the training loss is {loss.item()} at step {step} (epoch {epoch}); {where}. "
+                              "Lower train.lr, or check the data and the likelihood scale.")
 
 
 def unexplained_error(objective: float, epoch: int) -> NonFiniteLossError:
@@ -71,15 +75,18 @@ class EpochSnapshot:
             self.saved = [t.clone() for t in live]
         else:
             torch._foreach_copy_(self.saved, live)
-        self.meta = (step, self.scheduler.state_dict(), rng_state(self.device), len(self.optimizer.state))
+        self.meta = (step, self.scheduler.state_dict(), rng_state(self.device), len(self.optimizer.state),
+                     [group["lr"] for group in self.optimizer.param_groups])
 
     def restore(self) -> int:
         """Put the state back; returns the step it was taken at."""
-        step, scheduler, rng, optimizer_states = self.meta
+        step, scheduler, rng, optimizer_states, rates = self.meta
         if not optimizer_states:  # taken before the first step: Adam had no state yet
             self.optimizer.state.clear()
         with torch.no_grad():
             torch._foreach_copy_(self._live(), self.saved)
-        self.scheduler.load_state_dict(scheduler)
+        self.scheduler.load_state_dict(scheduler)  # the schedule's state; the rates it set, as they were
+        for group, lr in zip(self.optimizer.param_groups, rates):
+            group["lr"] = lr
         set_rng_state(rng, self.device)
         return step

@@ -22,14 +22,19 @@ KL weights too). Trained one by one, a small pair's step is mostly Python and ke
   over its own slice of every parameter (``clip_per_restart``), never over the stack.
 - Losses stay on the device between events (history rows, checkpoints, the end); at each, every
   restart's trainer ends the span itself (``Trainer.end_span``), on torch's random stream set to its own.
-- A restart whose objective turns non-finite stops alone: its error names the epoch, the others
-  finish (no batched kernel mixes restarts).
+- A restart that goes wrong stops alone, and the others finish (no batched kernel mixes restarts).
+  Each span starts from a snapshot (``nonfinite.EpochSnapshot``), as a cell's epochs do: where a
+  restart's objective was not finite, the span is replayed checking its loss every step, and its
+  error names its first non-finite step and sites, as its separate cell's would (``step_error``).
+  A restart whose own step raises (Pyro's checks refuse NaN parameters) or whose scoring, saving or
+  diagnostics raise fails alone with that error.
 
-What cannot be vectorised raises ``NotVectorised`` before any parameter is updated; the grid runner
-then trains those cells separately, with a ``VectoriseWarning`` giving the reason: configurations
-that differ in more than seed and KL weight, the aggressive schedule (its inner loops are the
-host's), input noise, capture off or refused, a graph that draws other than Gaussian noise (a
-Bernoulli latent's sample), or one that vmap cannot map.
+What cannot be vectorised raises ``NotVectorised`` before anything is written (within the first
+epoch, when a batch shape is first met); the grid runner then trains those cells separately, with a
+``VectoriseWarning`` giving the reason: configurations that differ in more than seed and KL weight,
+the aggressive schedule (its inner loops are the host's), input noise, capture off or refused, a
+graph that draws other than Gaussian noise (a Bernoulli latent's sample), or one that vmap cannot
+map.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from tqdm.auto import tqdm
 
 from ppl_vae.infer import cuda_graphs
 from ppl_vae.infer.capture import NoiseInput, _grad_mismatch, _reason, noise_inputs, set_grads, vectorised
-from ppl_vae.infer.nonfinite import NonFiniteLossError
+from ppl_vae.infer.nonfinite import EpochSnapshot, step_error, unexplained_error
 from ppl_vae.infer.random_state import generator_key, rng_state, set_rng_state
 from ppl_vae.infer.training import Trainer, adam, cpu_threads
 
@@ -58,7 +63,8 @@ PER_RESTART = ("seed", "kl_weight")
 
 
 class NotVectorised(Exception):
-    """These trainers cannot train as one program; the message says why. Raised before any update."""
+    """These trainers cannot train as one program; the message says why. Raised before anything is
+    written: at the start, or at the first step of a batch shape (in the first epoch)."""
 
 
 class VectoriseWarning(UserWarning):
@@ -128,6 +134,10 @@ class Restarts:
             for r, stream in enumerate(streams):
                 self._set_stream(r, stream)
         self.failed: list[Exception | None] = [None] * self.R
+        #: while a span is replayed to explain a non-finite objective: the restarts whose loss each step
+        #: checks, and the errors found for them (``_explain``)
+        self.checking: set[int] = set()
+        self.found: dict[int, Exception] = {}
         self.graphs: dict[tuple, VectorisedGraph] = {}
         # the KL weight of each restart, the objective's scale, the free-bits release: as Trainer's
         self.weights, self.weight_values = torch.zeros(self.R, device=self.device), None
@@ -161,6 +171,9 @@ class Restarts:
                 self.optimizer.state[stacked] = {"step": states[0]["step"].clone(),
                                                  **{k: torch.stack([s[k] for s in states]) for k in states[0]
                                                     if k != "step"}}
+        for trainer in self.trainers:  # a trainer's own snapshot follows its tensors into the stack
+            trainer.snapshot.module_tensors = [t.detach() for t in trainer.loss.state]
+        self.snapshot = EpochSnapshot([t.detach() for t in self.state], self.optimizer, self.scheduler, self.device)
 
     # random streams: a generator per restart, on the training device --------------------------------
     def _stream(self, r: int) -> dict[str, torch.Tensor]:
@@ -203,7 +216,8 @@ class Restarts:
             on_epoch: list[Callable[[dict], None] | None] | None = None) -> list[list[dict] | Exception]:
         """Train the remaining epochs (``Trainer.fit`` for every restart at once): each restart's history
         rows, checkpoints (``checkpoints[r]``) and ``on_epoch[r]`` calls are its separate cell's. Returns,
-        per restart, its history or the ``NonFiniteLossError`` it stopped with."""
+        per restart, its history or the error it stopped with (``NonFiniteLossError``, or what its own
+        step, scoring or saving raised)."""
         checkpoints = checkpoints or [None] * self.R
         on_epoch = on_epoch or [None] * self.R
         with cpu_threads(self.config.threads):
@@ -217,7 +231,10 @@ class Restarts:
                 objectives = self.train_epochs(span)
                 for r in range(self.R):
                     if not self.failed[r]:
-                        self._end_span(r, [row[r] for row in objectives], checkpoints[r], on_epoch[r])
+                        try:
+                            self.hand_over(r).end_span([row[r] for row in objectives], checkpoints[r], on_epoch[r])
+                        except Exception as error:  # noqa: BLE001 — as a separate cell's, its error is its own
+                            self.failed[r] = self._alone(r, error)
                 self.epoch += span
                 bar.update(span)
             bar.close()
@@ -225,22 +242,71 @@ class Restarts:
 
     def train_epochs(self, count: int) -> list[list[float]]:
         """``count`` passes of every restart over its shuffled training set (``Trainer.train_epochs`` for
-        all at once); each pass's mean training objective per restart, read back once, after the last.
-        ``self.epoch`` is left where it was (``fit`` advances it)."""
+        all at once); each pass's mean training objective per restart (``[pass][restart]``), read back
+        once, after the last. A restart that failed in them, or whose objective was not finite, is marked
+        failed with its error (``_explain``). ``self.epoch`` is left where it was (``fit`` advances it)."""
+        live = [r for r in range(self.R) if not self.failed[r]]
+        self.snapshot.take(self.step)
+        streams = [self._stream(r) for r in range(self.R)]
         sums = torch.stack([self._run_epoch() for _ in range(count)]).tolist()
-        return [[total / len(self.data.train) for total in row] for row in sums]
+        objectives = [[total / len(self.data.train) for total in row] for row in sums]
+        suspects = [r for r in live if self.failed[r] or not all(math.isfinite(row[r]) for row in objectives)]
+        if suspects:
+            self._explain(suspects, objectives, streams)
+        return objectives
 
-    def _end_span(self, r: int, objectives: list[float], checkpoint, on_epoch) -> None:
-        bad = next((i for i, objective in enumerate(objectives) if not math.isfinite(objective)), None)
-        if bad is None:
-            self.hand_over(r).end_span(objectives, checkpoint, on_epoch)
-            return
-        epoch = self.epoch + bad + 1
-        self.failed[r] = NonFiniteLossError(
-            f"the training objective of epoch {epoch} was {objectives[bad]} (restart with train.seed = "
-            f"{self.trainers[r].config.seed}, trained vectorised with {self.R - 1} other(s), which went on): "
-            "continue it with --resume --set train.vectorise=false, which replays it alone from its last "
-            "checkpoint and names the step and the site; then lower train.lr or check the data")
+    def _explain(self, suspects: list[int], objectives: list[list[float]], streams: list[dict]) -> None:
+        """Replay the span just trained from its snapshot (and each restart's stream ``streams``), checking
+        the losses of the restarts ``suspects`` every step, so each one's error names its first non-finite
+        step and sites as its separate cell's would (``step_error``); a restart whose replay stays finite
+        keeps the error its step raised, if any, else gets ``unexplained_error``. The state at the span's
+        end is put back after, so the others go on as they were."""
+        end = EpochSnapshot(self.snapshot.module_tensors, self.optimizer, self.scheduler, self.device)
+        end.take(self.step)
+        ends = [self._stream(r) for r in range(self.R)]
+        self.step = self.snapshot.restore()
+        for r, stream in enumerate(streams):
+            self._set_stream(r, stream)
+        self.checking, self.found = set(suspects), {}
+        try:
+            for _ in objectives:
+                if self.checking:
+                    self._run_epoch()
+        finally:
+            self.checking = set()
+            self.step = end.restore()
+            for r, stream in enumerate(ends):
+                self._set_stream(r, stream)
+        for r in suspects:
+            bad = next((i for i, row in enumerate(objectives) if not math.isfinite(row[r])), None)
+            error = self.found.get(r) or self.failed[r] or unexplained_error(objectives[bad][r], self.epoch + bad + 1)
+            self.failed[r] = self._alone(r, error)
+
+    def _alone(self, r: int, error: Exception) -> Exception:
+        """``error``, noted as restart ``r``'s alone."""
+        if self.R > 1 and not any("trained vectorised" in note for note in getattr(error, "__notes__", ())):
+            error.add_note(f"(the restart with train.seed = {self.trainers[r].config.seed}, trained vectorised with "
+                           f"{self.R - 1} other(s), which went on; --resume --set train.vectorise=false continues it "
+                           "alone from its last checkpoint)")
+        return error
+
+    def _check_step(self, loss: torch.Tensor, x: torch.Tensor, fields: dict, x_dim: int | None,
+                    raised: dict[int, Exception]) -> None:
+        """While ``_explain`` replays a span: the error of each restart checked whose step raised
+        (``raised``), or whose loss at this step (before its update) is not finite, named as a cell's by
+        ``step_error``."""
+        finite = torch.isfinite(loss).tolist()
+        for r in sorted(self.checking):
+            if r in raised:
+                self.found[r] = raised[r]
+            elif not finite[r]:
+                trainer = self.trainers[r]
+                x_r, fields_r = (x[r], {k: v[r] for k, v in fields.items()}) if x_dim == 0 else (x, fields)
+                self.found[r] = step_error(trainer.model, trainer.guide, x_r, loss[r], self.step,
+                                           self.step // trainer.steps_per_epoch + 1, fields_r)
+            else:
+                continue
+            self.checking.discard(r)
 
     def _run_epoch(self) -> torch.Tensor:
         """One shuffled epoch of every restart, each in its own order; the summed objectives ``[R]``."""
@@ -282,42 +348,64 @@ class Restarts:
         key = (tuple(shape), x.dtype, x_dim, *((name, tuple(t.shape), t.dtype) for name, t in fields.items()))
         for t in self.trainable_tensors:
             t.grad = None
+        raised = {}
         if key not in self.graphs:
-            loss = self._first(key, x, weights, scale, release, fields, x_dim)
+            loss, raised = self._first(key, x, weights, scale, release, fields, x_dim)
         else:
             step = self.graphs[key]
             loss, *grads = step(self.state, (x, weights, scale, release, *fields.values()), self.generators)
             set_grads(self.state, step.grad_of, grads)
-        if self.config.grad_clip:
-            clip_per_restart([t.grad for t in self.trainable_tensors if t.grad is not None], self.config.grad_clip)
+        if self.checking:
+            self._check_step(loss, x, fields, x_dim, raised)
+        grads = [t.grad for t in self.trainable_tensors if t.grad is not None]
+        if self.config.grad_clip and grads:
+            clip_per_restart(grads, self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         return loss.detach()
 
-    def _first(self, key, x, weights, scale, release, fields, x_dim) -> torch.Tensor:
+    def _first(self, key, x, weights, scale, release, fields, x_dim) -> tuple[torch.Tensor, dict[int, Exception]]:
         """The first step of a batch shape: each restart eagerly from its own stream, as its separate
-        cell's first step (restart 0's captured), then the vectorised graph made and checked."""
+        cell's first step (the first live one that succeeds captured), then the vectorised graph made and
+        checked. A restart whose step raises fails alone (its loss and gradients NaN). Returns the losses
+        and what each restart that failed raised."""
         before = [self._stream(r) for r in range(self.R)]
-        losses, grads = [], []
+        losses, grads, capturer, captured, raised = [], [], None, None, {}
         for r, trainer in enumerate(self.trainers):
             set_rng_state(before[r], self.device)
-            # the graph is vectorised, then compiled and recorded
-            trainer.loss.capture, trainer.loss.compile, trainer.loss.cuda_graphs = r == 0, False, False
-            x_r, fields_r = (x[r], {k: v[r] for k, v in fields.items()}) if x_dim == 0 else (x, fields)
-            losses.append(trainer.loss.loss_and_grads(x_r, weights[r], scale, release, fields_r))
-            if r == 0:  # the key TrainingLoss files the captured graph under
-                captured = (tuple(x_r.shape), x_r.dtype, x_r.device,
-                            *((name, tuple(t.shape), t.dtype) for name, t in fields_r.items()))
-            grads.append([t.grad for t in trainer.loss.trainable_tensors])
+            loss_fn, x_r = trainer.loss, x[r] if x_dim == 0 else x
+            fields_r = {k: v[r] for k, v in fields.items()} if x_dim == 0 else fields
+            flags = loss_fn.capture, loss_fn.compile, loss_fn.cuda_graphs
+            # one restart's step captured; the graph is vectorised, then compiled and recorded
+            loss_fn.capture = capturer is None and not self.failed[r]
+            loss_fn.compile = loss_fn.cuda_graphs = False
+            try:
+                losses.append(loss_fn.loss_and_grads(x_r, weights[r], scale, release, fields_r))
+            except Exception as error:  # noqa: BLE001 — a restart gone wrong (NaN parameters, say) fails alone
+                raised[r] = error
+                self.failed[r] = self.failed[r] or self._alone(r, error)
+                losses.append(torch.full((), math.nan, dtype=x.dtype, device=self.device))
+                grads.append([None] * len(self.trainable_tensors))
+            else:
+                if loss_fn.capture:  # the key TrainingLoss files its captured graph under
+                    capturer, captured = r, (tuple(x_r.shape), x_r.dtype, x_r.device,
+                                             *((name, tuple(t.shape), t.dtype) for name, t in fields_r.items()))
+                grads.append([t.grad for t in loss_fn.trainable_tensors])
+            finally:
+                loss_fn.capture, loss_fn.compile, loss_fn.cuda_graphs = flags
             self._set_stream(r, rng_state(self.device))
         after = [self._stream(r) for r in range(self.R)]
         loss = torch.stack(losses)
+        if capturer is None:  # no live restart's step succeeded: nothing to vectorise
+            return loss, raised
         for j, stacked in enumerate(self.trainable_tensors):
-            if grads[0][j] is not None:
-                stacked.grad = torch.stack([g[j] for g in grads])
+            if grads[capturer][j] is not None:
+                stacked.grad = torch.stack([torch.full_like(stacked[r], math.nan) if g[j] is None else g[j]
+                                            for r, g in enumerate(grads)])
         inputs = (x, weights, scale, release, *fields.values())
-        self.graphs[key] = step = self._vectorise(captured, inputs, x_dim, before, after, loss)
+        self.graphs[key] = step = self._vectorise(self.trainers[capturer].loss.graphs.get(captured), inputs, x_dim,
+                                                  before, after, loss)
         if self.R > 1:  # the step replayed, so every update of the program is the graph's, resumed or not
             loss, *grads = self._replay(step, inputs, before)
             for t in self.trainable_tensors:
@@ -325,7 +413,7 @@ class Restarts:
             set_grads(self.state, step.grad_of, grads)
         for r, stream in enumerate(after):  # each restart's stream where its eager step left it, whatever checked
             self._set_stream(r, stream)
-        return loss
+        return loss, raised
 
     def _replay(self, step: VectorisedGraph, inputs, streams: list[dict]) -> list[torch.Tensor]:
         """``step`` on ``inputs``, each restart's generator set to its state in ``streams`` first."""
@@ -333,11 +421,10 @@ class Restarts:
             g.set_state(state[generator_key(self.device)].cpu())
         return step(self.state, inputs, self.generators)
 
-    def _vectorise(self, captured: tuple, inputs, x_dim, before, after, loss) -> VectorisedGraph:
-        """Restart 0's captured graph with its noise as inputs, vmapped over the restarts, checked from
-        each restart's stream before the step against its eager loss and gradients (then compiled, and
-        recorded as a CUDA graph, each checked alike)."""
-        joint = self.trainers[0].loss.graphs.get(captured)
+    def _vectorise(self, joint, inputs, x_dim, before, after, loss) -> VectorisedGraph:
+        """A restart's captured graph ``joint`` with its noise as inputs, vmapped over the restarts, checked
+        from each restart's stream before the step against its eager loss and gradients (then compiled,
+        and recorded as a CUDA graph, each checked alike)."""
         if joint is None:
             raise NotVectorised("the pair's training loss is not captured (see the CaptureWarning before), and only "
                                 "a captured graph can be vectorised")
@@ -372,18 +459,20 @@ class Restarts:
     def _mismatch(self, step: VectorisedGraph, inputs, before, loss, after: list[dict] | None = None) -> str | None:
         """How ``step``, from the streams ``before``, differs from the eager losses ``loss`` and the
         stacked gradients now set, or (given ``after``) leaves a restart's stream elsewhere than its eager
-        step did; None where it does not (the capture's tolerances)."""
+        step did; None where it does not (the capture's tolerances). Restarts that failed, or whose eager
+        loss is not finite, are not compared."""
         replayed, *grads = self._replay(step, inputs, before)
         scale = inputs[2].abs().item()
-        if not torch.allclose(replayed, loss, rtol=1e-5, atol=1e-5 * scale, equal_nan=True):
+        healthy = [r for r, finite in enumerate(torch.isfinite(loss).tolist()) if finite and not self.failed[r]]
+        if not torch.allclose(replayed[healthy], loss[healthy], rtol=1e-5, atol=1e-5 * scale):
             return f"gave {replayed.tolist()} where the restarts give {loss.tolist()}"
         key = generator_key(self.device)
-        moved = [r for r, g in enumerate(self.generators) if after and not torch.equal(g.get_state(), after[r][key])]
+        moved = [r for r in healthy if after and not torch.equal(self.generators[r].get_state(), after[r][key])]
         if moved:
             return (f"leaves restart {moved[0]}'s random stream elsewhere than its eager step (its draws would repeat "
                     "or skip)")
         by_input = dict(zip(step.grad_of, grads))
-        for r in range(self.R):
+        for r in healthy:
             mismatch = _grad_mismatch(self.names, [by_input[i][r] if i in by_input else None for i in self.trainable],
                                       [None if t.grad is None else t.grad[r] for t in self.trainable_tensors])
             if mismatch:

@@ -193,9 +193,12 @@ def run_restarts(tasks: list[CellTask]) -> list[dict | Exception]:
                     continue
                 finishing = time.time()
                 restarts.hand_over(r)  # torch's random stream where the restart's own ended
-                done[t.cell.name] = _finish(t, trainers[r], resumed[r], boards[r],
-                                            lambda since=finishing: trained / len(pending) + time.time() - since,
-                                            vectorised=len(pending))
+                try:
+                    done[t.cell.name] = _finish(t, trainers[r], resumed[r], boards[r],
+                                                lambda since=finishing: trained / len(pending) + time.time() - since,
+                                                vectorised=len(pending))
+                except Exception as error:  # noqa: BLE001 — as a separate cell's, its failure is its own
+                    done[t.cell.name] = error
     return [done[t.cell.name] for t in tasks]
 
 
