@@ -126,6 +126,37 @@ def test_a_restart_whose_scoring_or_saving_raises_fails_alone():
     assert results[0] == trainers[0].history and trainers[0].epoch == 12
 
 
+def test_a_program_reads_back_once_per_span_not_per_step(monkeypatch):
+    """As a cell's (test_capture's test_no_host_reads_per_step): two restarts' epochs of 8 shuffled batches,
+    the gradient capped per restart, read back to the host as often as epochs of 2, once per span."""
+    reads = []
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _f=original, _n=name, **k: (reads.append(_n), _f(self, *a, **k))[1])
+
+    def reads_per_epoch(rows):
+        data = DATASETS["bits"](n=5, rows=rows)  # 80% of the rows to train on, in batches of 8
+        program = Restarts([dlgm(seed, data, batch_size=8, lr_final=None) for seed in (0, 1)])
+        program.seed()
+        program.train_epochs(1)  # the first batch of a shape is run eagerly and checked: reads allowed
+        reads.clear()
+        program.train_epochs(1)
+        return len(reads)
+
+    assert reads_per_epoch(20) == reads_per_epoch(80) <= 1
+
+
+@pytest.mark.slow
+def test_one_compiled_restart_gives_its_separate_cells_numbers_bit_for_bit():
+    """R = 1 compiled (the single-bit study's setting): its graph, the noise an input, compiles to its
+    separate cell's numbers, bit for bit."""
+    alone = separate(0, compile=True)
+    (restart,) = trainers = [dlgm(0, compile=True)]
+    Restarts(trainers).fit()
+    assert_same(restart, alone, exact=True)
+
+
 def test_checkpoints_are_the_separate_cells_and_resume_exactly(tmp_path):
     """A restart's checkpoint holds its own slice (not the stack) and is its separate cell's: loaded by
     a separate Trainer it continues to the numbers of the uninterrupted program; and restarts loaded
