@@ -1,10 +1,11 @@
 """Captured steps replayed as CUDA graphs (``ppl_vae.infer.cuda_graphs``, ``train.cuda_graphs``).
 
 A CUDA graph cannot run on the CPU, so most of these tests give ``GraphedStep`` a stand-in with a CUDA
-graph's semantics (``recorded_graphs.RecordedGraph``): recording computes nothing, and each replay
-reruns the recorded step on the memory it was recorded on, drawing from the random stream as it
-stands and overwriting the same output tensors. Through it, a trainer and a vectorised program train exactly as without
-graphs, and the fallbacks warn. The tests marked ``cuda`` run the real thing where torch sees a GPU.
+graph's semantics (``recorded_graphs.RecordedGraph``): recording runs the warm-ups and leaves the
+outputs unwritten, each replay reruns the recorded step on the memory it was recorded on, drawing
+from the random stream as it stands and overwriting the same output tensors, and nothing is kept
+alive by the graph. Through it, a trainer and a vectorised program train exactly as without graphs,
+and the fallbacks warn. The tests marked ``cuda`` run the real thing where torch sees a GPU.
 """
 
 from __future__ import annotations

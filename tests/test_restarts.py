@@ -87,7 +87,7 @@ def test_a_restart_whose_loss_turns_nan_fails_alone_and_names_its_step():
 
     results = Restarts(trainers).fit(on_epoch=[None, poison])
     assert isinstance(results[1], NonFiniteLossError)
-    assert "at step 4 (epoch 5)" in str(results[1]) and "no longer finite" in str(results[1])
+    assert "at step 4 (epoch 5)" in str(results[1]) and "its parameters are not finite" in str(results[1])
     assert any("--set train.vectorise=false" in note for note in results[1].__notes__)
     assert [row["epoch"] for row in rows] == [4] and results[0] == trainers[0].history
     healthy = [dlgm(0), dlgm(1)]
@@ -95,35 +95,72 @@ def test_a_restart_whose_loss_turns_nan_fails_alone_and_names_its_step():
     assert_same(trainers[0], healthy[0], exact=True)
 
 
-@pytest.mark.parametrize("poisoned", [0, 1])
-def test_a_restart_whose_first_step_raises_fails_alone(poisoned):
-    """Shuffled batches of 32 of 80 rows: each epoch ends with a short batch, a shape of its own whose
-    first step runs every restart eagerly, where Pyro's checks refuse NaN parameters. A restart made NaN
-    before training fails alone there (the first restart whose step succeeds is captured) with its
-    first step named; the other trains to its numbers in the healthy program, bit for bit."""
+@pytest.mark.parametrize("poisoned, at_step", [(0, 0), (1, 1)],
+                         ids=["restart 0 before training", "restart 1 after step 0"])
+def test_a_restart_whose_first_step_of_a_shape_raises_fails_alone(monkeypatch, poisoned, at_step):
+    """Batches of 32 of 80 rows: steps of 32, 32 and 16, the first of each shape run eagerly for every
+    restart, where Pyro's checks refuse NaN parameters (as a separate cell's first step does). Made NaN
+    before training, restart 0 fails alone with Pyro's error, its step noted, and restart 1's step is
+    captured instead; made NaN after step 0, restart 1 raises at step 2 (the short batch's first) and
+    fails alone, its error naming step 1, its first non-finite loss. Either way the other trains to its
+    numbers in the healthy program, bit for bit."""
     config = {"batch_size": 32, "lr_final": None, "epochs": 4}
     trainers = [dlgm(0, **config), dlgm(1, **config)]
-    next(trainers[poisoned].loss_fn.parameters()).data.fill_(math.nan)
-    results = Restarts(trainers).fit()
-    assert isinstance(results[poisoned], NonFiniteLossError)
-    assert "at step 0 (epoch 1)" in str(results[poisoned])
+    original = Restarts._step
+
+    def step(self, *args):
+        if self.step == at_step:
+            next(trainers[poisoned].loss_fn.parameters()).data.fill_(math.nan)
+        return original(self, *args)
+
+    monkeypatch.setattr(Restarts, "_step", step)
+    program = Restarts(trainers)
+    results = program.fit()
+    monkeypatch.setattr(Restarts, "_step", original)
+    error = results[poisoned]
+    assert program.raised_at[poisoned][0] == (0 if at_step == 0 else 2)  # a first step of a shape raised
+    if at_step == 0:
+        assert isinstance(error, ValueError) and "Expected parameter" in str(error)
+        assert any("at step 0 (epoch 1)" in note for note in error.__notes__)
+    else:
+        assert isinstance(error, NonFiniteLossError) and "at step 1 (epoch 1)" in str(error)
+        assert "its parameters are not finite (an earlier step's update left them so)" in str(error)
     healthy = [dlgm(0, **config), dlgm(1, **config)]
     Restarts(healthy).fit()
     assert results[1 - poisoned] == trainers[1 - poisoned].history
     assert_same(trainers[1 - poisoned], healthy[1 - poisoned], exact=True)
 
 
-def test_a_restart_whose_scoring_or_saving_raises_fails_alone():
-    """What a restart's own end of span raises (its on_epoch call, as a full disk would in saving) is
-    its error alone; the other restart finishes."""
+def test_a_program_whose_every_restart_fails_stops_there():
+    """Every restart NaN before training: each fails with its own error at step 0, and the program stops
+    after that step instead of running the span's others (whose first steps would all raise again)."""
+    trainers = [dlgm(0), dlgm(1)]
+    for trainer in trainers:
+        next(trainer.loss_fn.parameters()).data.fill_(math.nan)
+    program = Restarts(trainers)
+    results = program.fit()
+    assert all(isinstance(error, ValueError) for error in results) and results[0] is not results[1]
+    assert program.step == 1 and all(t.history == [] for t in trainers)
 
-    def full_disk(row):
+
+def test_a_restart_whose_checkpoint_or_on_epoch_call_raises_fails_alone(tmp_path):
+    """What a restart's own end of span raises, a checkpoint that cannot be written (a full disk) or its
+    on_epoch call, is its error alone; the other restart finishes."""
+
+    def full_disk(path):
         raise OSError("No space left on device")
 
-    trainers = [dlgm(0), dlgm(1)]
-    results = Restarts(trainers).fit(on_epoch=[None, full_disk])
-    assert isinstance(results[1], OSError) and trainers[1].epoch == 4
-    assert results[0] == trainers[0].history and trainers[0].epoch == 12
+    def broken(row):
+        raise RuntimeError("the row could not be logged")
+
+    for fail in ("save", "on_epoch"):
+        trainers = [dlgm(0, checkpoint_every=4), dlgm(1, checkpoint_every=4)]
+        if fail == "save":
+            trainers[1].save = full_disk
+        results = Restarts(trainers).fit([tmp_path / f"{fail}0.pt", tmp_path / f"{fail}1.pt"],
+                                         [None, broken if fail == "on_epoch" else None])
+        assert isinstance(results[1], OSError if fail == "save" else RuntimeError) and trainers[1].epoch == 4
+        assert results[0] == trainers[0].history and trainers[0].epoch == 12
 
 
 def test_a_program_reads_back_once_per_span_not_per_step(monkeypatch):
@@ -144,7 +181,7 @@ def test_a_program_reads_back_once_per_span_not_per_step(monkeypatch):
         program.train_epochs(1)
         return len(reads)
 
-    assert reads_per_epoch(20) == reads_per_epoch(80) <= 1
+    assert reads_per_epoch(20) == reads_per_epoch(80) == 1  # train_epochs' one tolist()
 
 
 @pytest.mark.slow

@@ -49,7 +49,8 @@ class CudaGraph:
         with torch.cuda.device(device):
             stream = torch.cuda.Stream(device)
             stream.wait_stream(torch.cuda.current_stream(device))
-            try:  # the outer block puts the stream back even where a failed capture's own exit raises first
+            try:
+                # this block puts the stream back even where a failed capture's own exit raises first
                 with torch.cuda.stream(stream):
                     for _ in range(WARMUP_RUNS):
                         fn(*inputs)

@@ -38,9 +38,11 @@ def step_error(model, guide, x: torch.Tensor, loss: torch.Tensor, step: int, epo
     try:
         where = "non-finite log-density at " + (", ".join(nonfinite_sites(model, guide, x, fields))
                                                 or "no single site (check the gradients)")
-    except ValueError as error:  # a distribution's parameters out of its support: NaN parameters
-        where = (f"the pair cannot be traced ({(str(error).splitlines() or [''])[0]}): its parameters are "
-                 "no longer finite, so an earlier step's gradient was not")
+    except ValueError as error:  # Pyro's checks refuse a distribution's parameters (NaN ones, say)
+        where = f"the pair cannot be traced ({(str(error).splitlines() or [''])[0]})"
+        parameters = [p for m in (model, guide) if isinstance(m, torch.nn.Module) for p in m.parameters()]
+        if not all(torch.isfinite(p).all() for p in parameters):
+            where += ": its parameters are not finite" + (" (an earlier step's update left them so)" if step else "")
     return NonFiniteLossError(f"the training loss is {loss.item()} at step {step} (epoch {epoch}); {where}. "
                               "Lower train.lr, or check the data and the likelihood scale.")
 
@@ -53,7 +55,7 @@ def unexplained_error(objective: float, epoch: int) -> NonFiniteLossError:
 
 class EpochSnapshot:
     """The training state at the start of an epoch: parameters, buffers, optimiser and scheduler
-    state, step and random state, copied into buffers kept from epoch to epoch (no allocation
+    state, learning rates, step and random state, copied into buffers kept from epoch to epoch (no allocation
     once warm), so an epoch can be replayed exactly.
 
     :param module_tensors: the pair's parameters and buffers (detached views).

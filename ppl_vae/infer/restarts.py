@@ -8,7 +8,7 @@ KL weights too). Trained one by one, a small pair's step is mostly Python and ke
   trainer's own tensors become views of its slice: its history rows, checkpoints and diagnostics
   are those of its separate cell, without a copy.
 - The first step of each batch shape runs every restart eagerly, as its separate cell does
-  (``capture.TrainingLoss``). Restart 0's captured joint graph, its Gaussian draws made inputs
+  (``capture.TrainingLoss``). The first restart's captured joint graph, its Gaussian draws made inputs
   (``capture.noise_inputs``), is mapped over the restarts by ``torch.func.vmap`` into one graph
   (``capture.vectorised``), compiled under ``train.compile``, and checked against the R eager steps
   as a capture is. Every update, that first one included, is then a replay of it, so a program
@@ -25,9 +25,9 @@ KL weights too). Trained one by one, a small pair's step is mostly Python and ke
 - A restart that goes wrong stops alone, and the others finish (no batched kernel mixes restarts).
   Each span starts from a snapshot (``nonfinite.EpochSnapshot``), as a cell's epochs do: where a
   restart's objective was not finite, the span is replayed checking its loss every step, and its
-  error names its first non-finite step and sites, as its separate cell's would (``step_error``).
-  A restart whose own step raises (Pyro's checks refuse NaN parameters) or whose scoring, saving or
-  diagnostics raise fails alone with that error.
+  error names its first non-finite step and sites (``step_error``). A restart whose own step raises
+  (a batch shape's first, eager step, where Pyro's checks refuse NaN parameters, as in its separate
+  cell) or whose scoring, saving or diagnostics raise fails alone with that error, its step noted.
 
 What cannot be vectorised raises ``NotVectorised`` before anything is written (within the first
 epoch, when a batch shape is first met); the grid runner then trains those cells separately, with a
@@ -86,10 +86,13 @@ class VectorisedGraph:
 
     def draw(self, generators: list[torch.Generator]) -> list[torch.Tensor]:
         """Each restart's noise from its own generator, into its slice of ``noise``; returns ``noise``."""
-        for draw, buffer in zip(self.draws, self.noise):
-            for r, generator in enumerate(generators):
-                draw.draw(generator, out=buffer[r])
-        return self.noise
+        return _draw(self.draws, self.noise, generators)
+
+    def drawing(self, generators: list[torch.Generator]) -> Callable:
+        """The step and its draws as one function of ``(*state, *inputs)`` (what a CUDA graph records). It
+        holds the graph and the buffers, not this object, which will hold its recording (no cycle)."""
+        graph, draws, noise = self.graph, self.draws, self.noise
+        return lambda *inputs: graph(*inputs, *_draw(draws, noise, generators))
 
     def __call__(self, state: list[torch.Tensor], inputs: tuple, generators: list[torch.Generator]) -> list:
         """The step on ``state`` and ``inputs`` (x, weights, scale, release, fields), each restart's noise
@@ -99,6 +102,13 @@ class VectorisedGraph:
             if self.recorded is not None:
                 return self.recorded(*state, *inputs)
             return self.graph(*state, *inputs, *self.draw(generators))
+
+
+def _draw(draws: list[NoiseInput], noise: list[torch.Tensor], generators: list[torch.Generator]) -> list[torch.Tensor]:
+    for draw, buffer in zip(draws, noise):
+        for r, generator in enumerate(generators):
+            draw.draw(generator, out=buffer[r])
+    return noise
 
 
 def clip_per_restart(grads: list[torch.Tensor], max_norm: float) -> None:
@@ -134,10 +144,12 @@ class Restarts:
             for r, stream in enumerate(streams):
                 self._set_stream(r, stream)
         self.failed: list[Exception | None] = [None] * self.R
-        #: while a span is replayed to explain a non-finite objective: the restarts whose loss each step
-        #: checks, and the errors found for them (``_explain``)
-        self.checking: set[int] = set()
+        #: while a span is replayed to explain a non-finite objective (else None): the restarts whose loss
+        #: each step checks, and the errors found for them (``_explain``)
+        self.checking: set[int] | None = None
         self.found: dict[int, Exception] = {}
+        #: the step at which each restart's own step raised (in ``_first``), and what it raised
+        self.raised_at: dict[int, tuple[int, Exception]] = {}
         self.graphs: dict[tuple, VectorisedGraph] = {}
         # the KL weight of each restart, the objective's scale, the free-bits release: as Trainer's
         self.weights, self.weight_values = torch.zeros(self.R, device=self.device), None
@@ -217,7 +229,7 @@ class Restarts:
         """Train the remaining epochs (``Trainer.fit`` for every restart at once): each restart's history
         rows, checkpoints (``checkpoints[r]``) and ``on_epoch[r]`` calls are its separate cell's. Returns,
         per restart, its history or the error it stopped with (``NonFiniteLossError``, or what its own
-        step, scoring or saving raised)."""
+        step, scoring, saving or ``on_epoch`` call raised: returned, not raised, as the others go on)."""
         checkpoints = checkpoints or [None] * self.R
         on_epoch = on_epoch or [None] * self.R
         with cpu_threads(self.config.threads):
@@ -273,7 +285,7 @@ class Restarts:
                 if self.checking:
                     self._run_epoch()
         finally:
-            self.checking = set()
+            self.checking = None
             self.step = end.restore()
             for r, stream in enumerate(ends):
                 self._set_stream(r, stream)
@@ -282,28 +294,35 @@ class Restarts:
             error = self.found.get(r) or self.failed[r] or unexplained_error(objectives[bad][r], self.epoch + bad + 1)
             self.failed[r] = self._alone(r, error)
 
-    def _alone(self, r: int, error: Exception) -> Exception:
-        """``error``, noted as restart ``r``'s alone."""
+    def _alone(self, r: int, error: Exception, step: int | None = None) -> Exception:
+        """``error`` (raised at ``step``, where given), noted as restart ``r``'s alone."""
         if self.R > 1 and not any("trained vectorised" in note for note in getattr(error, "__notes__", ())):
-            error.add_note(f"(the restart with train.seed = {self.trainers[r].config.seed}, trained vectorised with "
-                           f"{self.R - 1} other(s), which went on; --resume --set train.vectorise=false continues it "
-                           "alone from its last checkpoint)")
+            at = "" if step is None else f"at step {step} (epoch {self._epoch_of(step)}) "
+            error.add_note(f"(the restart with train.seed = {self.trainers[r].config.seed} {at}of a program trained "
+                           f"vectorised with {self.R - 1} other(s), which went on; --resume --set "
+                           "train.vectorise=false continues it alone from its last checkpoint)")
         return error
 
-    def _check_step(self, loss: torch.Tensor, x: torch.Tensor, fields: dict, x_dim: int | None,
-                    raised: dict[int, Exception]) -> None:
-        """While ``_explain`` replays a span: the error of each restart checked whose step raised
-        (``raised``), or whose loss at this step (before its update) is not finite, named as a cell's by
+    def _epoch_of(self, step: int) -> int:
+        return step // self.trainers[0].steps_per_epoch + 1
+
+    def _check_step(self, loss: torch.Tensor, x: torch.Tensor, fields: dict, x_dim: int | None) -> None:
+        """While ``_explain`` replays a span: the error of each restart checked whose step raised here
+        (``raised_at``), or whose loss at this step (before its update) is not finite, named as a cell's by
         ``step_error``."""
         finite = torch.isfinite(loss).tolist()
         for r in sorted(self.checking):
-            if r in raised:
-                self.found[r] = raised[r]
+            step, raised = self.raised_at.get(r, (None, None))
+            if step == self.step:
+                self.found[r] = raised
             elif not finite[r]:
                 trainer = self.trainers[r]
                 x_r, fields_r = (x[r], {k: v[r] for k, v in fields.items()}) if x_dim == 0 else (x, fields)
-                self.found[r] = step_error(trainer.model, trainer.guide, x_r, loss[r], self.step,
-                                           self.step // trainer.steps_per_epoch + 1, fields_r)
+                try:
+                    self.found[r] = step_error(trainer.model, trainer.guide, x_r, loss[r], self.step,
+                                               self._epoch_of(self.step), fields_r)
+                except Exception as error:  # noqa: BLE001 — whatever stops the explanation, it is the restart's
+                    self.found[r] = error
             else:
                 continue
             self.checking.discard(r)
@@ -319,6 +338,8 @@ class Restarts:
             batches = torch.stack([torch.randperm(n, generator=g, device=self.device)
                                    for g in self.generators]).split(batch_size, dim=1)
         for index in batches:
+            if (not self.checking) if self.checking is not None else all(self.failed):
+                break  # every restart failed (training) or every one checked is explained (replaying)
             total += self._step(*self._batch(index)) * (n if index is None else index.shape[1])
         return total
 
@@ -348,15 +369,14 @@ class Restarts:
         key = (tuple(shape), x.dtype, x_dim, *((name, tuple(t.shape), t.dtype) for name, t in fields.items()))
         for t in self.trainable_tensors:
             t.grad = None
-        raised = {}
         if key not in self.graphs:
-            loss, raised = self._first(key, x, weights, scale, release, fields, x_dim)
+            loss = self._first(key, x, weights, scale, release, fields, x_dim)
         else:
             step = self.graphs[key]
             loss, *grads = step(self.state, (x, weights, scale, release, *fields.values()), self.generators)
             set_grads(self.state, step.grad_of, grads)
         if self.checking:
-            self._check_step(loss, x, fields, x_dim, raised)
+            self._check_step(loss, x, fields, x_dim)
         grads = [t.grad for t in self.trainable_tensors if t.grad is not None]
         if self.config.grad_clip and grads:
             clip_per_restart(grads, self.config.grad_clip)
@@ -365,13 +385,12 @@ class Restarts:
         self.step += 1
         return loss.detach()
 
-    def _first(self, key, x, weights, scale, release, fields, x_dim) -> tuple[torch.Tensor, dict[int, Exception]]:
+    def _first(self, key, x, weights, scale, release, fields, x_dim) -> torch.Tensor:
         """The first step of a batch shape: each restart eagerly from its own stream, as its separate
         cell's first step (the first live one that succeeds captured), then the vectorised graph made and
-        checked. A restart whose step raises fails alone (its loss and gradients NaN). Returns the losses
-        and what each restart that failed raised."""
+        checked. A restart whose step raises fails alone with that error (its loss and gradients NaN)."""
         before = [self._stream(r) for r in range(self.R)]
-        losses, grads, capturer, captured, raised = [], [], None, None, {}
+        losses, grads, capturer, captured = [], [], None, None
         for r, trainer in enumerate(self.trainers):
             set_rng_state(before[r], self.device)
             loss_fn, x_r = trainer.loss, x[r] if x_dim == 0 else x
@@ -382,9 +401,11 @@ class Restarts:
             loss_fn.compile = loss_fn.cuda_graphs = False
             try:
                 losses.append(loss_fn.loss_and_grads(x_r, weights[r], scale, release, fields_r))
+            except Warning:  # a warning made an error (-W error) is the program's, not a restart's
+                raise
             except Exception as error:  # noqa: BLE001 — a restart gone wrong (NaN parameters, say) fails alone
-                raised[r] = error
-                self.failed[r] = self.failed[r] or self._alone(r, error)
+                self.raised_at.setdefault(r, (self.step, error))
+                self.failed[r] = self.failed[r] or self._alone(r, error, self.step)
                 losses.append(torch.full((), math.nan, dtype=x.dtype, device=self.device))
                 grads.append([None] * len(self.trainable_tensors))
             else:
@@ -398,7 +419,7 @@ class Restarts:
         after = [self._stream(r) for r in range(self.R)]
         loss = torch.stack(losses)
         if capturer is None:  # no live restart's step succeeded: nothing to vectorise
-            return loss, raised
+            return loss
         for j, stacked in enumerate(self.trainable_tensors):
             if grads[capturer][j] is not None:
                 stacked.grad = torch.stack([torch.full_like(stacked[r], math.nan) if g[j] is None else g[j]
@@ -413,7 +434,7 @@ class Restarts:
             set_grads(self.state, step.grad_of, grads)
         for r, stream in enumerate(after):  # each restart's stream where its eager step left it, whatever checked
             self._set_stream(r, stream)
-        return loss, raised
+        return loss
 
     def _replay(self, step: VectorisedGraph, inputs, streams: list[dict]) -> list[torch.Tensor]:
         """``step`` on ``inputs``, each restart's generator set to its state in ``streams`` first."""
@@ -449,7 +470,7 @@ class Restarts:
             n = len(self.state)  # the state, the weights, the scale and the release are updated in place
 
             def record():  # the draws into the noise buffers recorded too: each restart's generator, advanced
-                return cuda_graphs.GraphedStep(lambda *a: step.graph(*a, *step.draw(self.generators)),
+                return cuda_graphs.GraphedStep(step.drawing(self.generators),
                                                (*self.state, *inputs), {*range(n), n + 1, n + 2, n + 3})
 
             self._improve(step, "recorded", record, "could not be recorded as a CUDA graph", "without a CUDA graph",

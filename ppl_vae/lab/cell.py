@@ -166,7 +166,7 @@ def run_restarts(tasks: list[CellTask]) -> list[dict | Exception]:
     """Train the cells ``tasks``, equal but for ``train.seed`` and ``train.kl_weight``, as one vectorised
     program (``infer.restarts.Restarts``), each into its own folder as ``run_cell`` would; returns each
     one's summary, or the error it stopped with (the others go on). Finished cells of a resumed run are
-    kept. Cells that cannot be vectorised raise ``NotVectorised`` before any update."""
+    kept. Cells that cannot be vectorised raise ``NotVectorised`` before anything is written."""
     task = tasks[0]
     with _on_device(task), cpu_threads(task.threads):
         done = {t.cell.name: json.loads((t.folder / "summary.json").read_text()) for t in tasks

@@ -82,7 +82,7 @@ def units(tasks: list[CellTask]) -> list[list[CellTask]]:
 def attempt_unit(unit: list[CellTask], vectorise: bool = True) -> list[dict | CellFailure] | NotVectorised:
     """A unit's summaries or failures, in its order: a cell alone by ``attempt``; restarts as one
     vectorised program (``cell.run_restarts``). Where they cannot be, the ``NotVectorised`` saying why,
-    before any work: the runner then schedules each cell alone (``vectorise = False``), with a warning
+    before anything is written: the runner then schedules each cell alone (``vectorise = False``), with a warning
     (``separately``)."""
     if not vectorise or (len(unit) == 1 and not unit[0].cell.config.get("train", {}).get("vectorise")):
         return [attempt(task) for task in unit]
