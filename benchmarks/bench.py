@@ -297,21 +297,50 @@ def bench_restarts(n: int, rounds: int, device: torch.device, restarts: int = 8,
                    compile: bool = True, family: str = "dlgm", log=print) -> dict:
     """Training steps per second of ``restarts`` restarts of the single-bit study's cell of ``family`` at
     ``n`` bits (seeds 0, 1, ...; full batch, as the study has it: the 2-layer cell with its free bits and
-    gradient cap by default, ``"gaussian"`` the 1-layer VAE): as one
-    vectorised program (``train.vectorise``, ``Restarts.train_epochs``) against the same restarts as
-    separate cells one after the other in this process (``Trainer.train_epochs``, as ``fit`` runs them),
-    ``steps`` epochs of each per round; a restart-step is one step of one restart."""
+    gradient cap by default, ``"gaussian"`` the 1-layer VAE), as one program against separate cells
+    (``_bench_program``), ``steps`` epochs (of one step) of each per round."""
+    config = single_bit_cell(n, family)
+    config["train"] = {**config["train"], "compile": compile}
+    configs = [{**config, "train": {**config["train"], "seed": seed}} for seed in range(restarts)]
+    result = _bench_program(configs, rounds, device, steps, f"single-bit {family} n={n}", log)
+    return {"n": n, "family": family, "compile": compile, **result}
+
+
+def bench_dsprites_program(rounds: int, device: torch.device, epochs: int = 1, rows: int = 640, log=print) -> dict:
+    """``dsprites-beta-gpu``'s six cells (2 betas x 3 seeds: the 64 x 64 conv pair, batches of 64) as one
+    program against separate cells (``_bench_program``), on ``rows`` training images (``epochs`` passes a
+    round: ``rows`` / 64 steps each), and what that makes per 10,000 steps and for the protocol's
+    27 epochs of 11,364 steps (the study's wall time for training, diagnostics aside)."""
+    from ppl_vae.lab import experiment_file
+
+    _, experiment = experiment_file.load("dsprites-beta-gpu")
+    configs = [c.config for c in experiment_file.cells(experiment)]
+    train = configs[0]["train"]
+    protocol_steps = train["epochs"] * math.ceil(configs[0]["data"]["train_size"] / train["batch_size"])
+    for config in configs:
+        config["data"] = {**config["data"], "train_size": rows, "test_size": train["batch_size"]}
+    result = _bench_program(configs, rounds, device, epochs, "dsprites-beta-gpu", log)
+    # seconds for a step of all six cells
+    seconds = {name: ms * len(configs) / 1000 for name, ms in result["ms_per_restart_step"].items()}
+    return {**result, "protocol_steps": protocol_steps,
+            "s_per_10000_steps": {name: s * 10_000 for name, s in seconds.items()},
+            "protocol_hours": {name: s * protocol_steps / 3600 for name, s in seconds.items()}}
+
+
+def _bench_program(configs: list[dict], rounds: int, device: torch.device, epochs: int, label: str, log) -> dict:
+    """Training steps per second of the cells ``configs`` (equal but for ``train.seed`` and
+    ``train.kl_weight``) as one vectorised program (``train.vectorise``, ``Restarts.train_epochs``) against
+    the same cells one after the other in this process (``Trainer.train_epochs``, as ``fit`` runs them),
+    ``epochs`` passes of each per round, interleaved; a restart-step is one step of one cell. Both sides
+    train the same restarts, so they end at the same parameters, to float rounding (reported)."""
     from ppl_vae.infer.restarts import Restarts
     from ppl_vae.lab.cell import build, load_data
 
-    config = single_bit_cell(n, family)
-    config["train"] = {**config["train"], "compile": compile}
-    data = load_data(config).to(device)
+    data = load_data(configs[0]).to(device)
 
     def trainers() -> list[Trainer]:
         made = []
-        for seed in range(restarts):
-            config["train"]["seed"] = seed
+        for config in configs:
             _, model, guide, train_config = build(config, data)
             made.append(Trainer(model, guide, data, train_config, device=device))
         return made
@@ -326,18 +355,18 @@ def bench_restarts(n: int, rounds: int, device: torch.device, restarts: int = 8,
     def one_by_one():
         for r, trainer in enumerate(separate):
             set_rng_state(streams[r], device)
-            trainer.train_epochs(steps)
+            trainer.train_epochs(epochs)
             streams[r] = rng_state(device)
 
-    variants = {"separate": one_by_one, "vectorised": lambda: program.train_epochs(steps)}
+    restarts, steps = len(configs), epochs * separate[0].steps_per_epoch
+    variants = {"separate": one_by_one, "vectorised": lambda: program.train_epochs(epochs)}
     times, first = _interleaved(variants, rounds, steps * restarts, device, lambda round_, times: log(
-        f"  {restarts} restarts, single-bit {family} n={n} round {round_}/{rounds}: "
+        f"  {restarts} restarts, {label} round {round_}/{rounds}: "
         + ", ".join(f"{k} {t[-1]:.2f}" for k, t in times.items()) + " ms/restart-step"))
     medians = {name: statistics.median(t) for name, t in times.items()}
-    # the two sides trained the same restarts: each ends where the other does, to float rounding
     difference = max((p - q).abs().max().item() for t, u in zip(separate, program.trainers)
                      for p, q in zip(t.loss_fn.parameters(), u.loss_fn.parameters()))
-    return {"n": n, "family": family, "restarts": restarts, "compile": compile, "max_parameter_difference": difference,
+    return {"restarts": restarts, "max_parameter_difference": difference,
             "same_step": all(t.step == program.step for t in separate), "steps_per_round": steps, "rounds": rounds,
             "threads": torch.get_num_threads(), "ms_per_restart_step": medians,
             "restart_steps_per_s": {name: 1000 / t for name, t in medians.items()},
@@ -560,6 +589,9 @@ def run(out: str | Path = "runs/bench.json", device: str = "auto", rounds: int =
         result["cuda_graphs"] = [bench_cuda_graphs(n, rounds=min(rounds, 11), device=device, steps=2 if quick else 20,
                                                    restarts=2 if quick else 8, compile=compile, log=log)
                                  for n in ((5,) if quick else (5, 1000)) for compile in compiles]
+        log("dsprites-beta-gpu's six cells as one program against separate cells:")
+        result["dsprites_program"] = bench_dsprites_program(min(rounds, 5), device, epochs=1,
+                                                            rows=128 if quick else 640, log=log)
         log("an epoch under torch.cuda.set_sync_debug_mode('error'):")
         result["sync_free"] = sync_free_epochs(device, log)
     if sweep:
@@ -631,6 +663,12 @@ def table(result: dict) -> str:
                          f"{v['cell']:.0f} | {v['cell, CUDA graph']:.0f} | {up['cell']:.2f} | {v['program']:.0f} | "
                          f"{v['program, CUDA graph']:.0f} | {up['program']:.2f} | "
                          f"{'yes' if all(r['graphed'].values()) else 'NO'} |")
+    if result.get("dsprites_program"):
+        r = result["dsprites_program"]
+        v, per, whole = r["restart_steps_per_s"], r["s_per_10000_steps"], r["protocol_hours"]
+        lines += ["", "| dsprites-beta-gpu, 6 cells | restart-steps/s | s per 10,000 steps | hours for "
+                  f"{r['protocol_steps']:,} steps |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {v[name]:.0f} | {per[name]:.0f} | {whole[name]:.1f} |" for name in v]
     for r in result.get("sync_free", []):
         lines += ["", f"{r['run']}{' (compiled)' if r['compile'] else ''}: an epoch under "
                       f"`set_sync_debug_mode('error')`: " + ("no step read back to the host" if r["sync_free"]

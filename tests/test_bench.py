@@ -119,3 +119,19 @@ def test_the_cuda_graph_bench_times_each_step_with_and_without_its_graph(monkeyp
     assert result["max_parameter_difference"] == {"cell": 0.0, "program": 0.0}
     assert set(result["ms_per_step"]) == {"cell", "cell, CUDA graph", "program", "program, CUDA graph"}
     assert set(result["speed_up"]) == {"cell", "program"} and result["steps_per_round"] == 2
+
+
+@pytest.mark.slow
+def test_the_dsprites_program_bench_times_the_six_cells_and_projects_the_protocol():
+    """dsprites-beta-gpu's six cells (2 betas x 3 seeds) as one program against separate cells, on 128
+    images (2 steps of 64): both sides end at the same step and parameters (to rounding), and the
+    per-10,000-step and protocol times follow from the measured restart-steps (27 epochs of 11,364
+    steps of all six cells)."""
+    result = bench.bench_dsprites_program(rounds=1, device=torch.device("cpu"), rows=128, log=lambda *_: None)
+    assert result["restarts"] == 6 and result["steps_per_round"] == 2 and result["protocol_steps"] == 27 * 11_364
+    # batched convolutions round otherwise, and Adam can turn that into up to a step of lr (1e-4) a step:
+    # 4 steps (the untimed round and the timed one), with room to spare
+    assert result["same_step"] and result["max_parameter_difference"] < 2 * 4 * 1e-4
+    ms = result["ms_per_restart_step"]["vectorised"]
+    assert result["s_per_10000_steps"]["vectorised"] == pytest.approx(ms * 6 * 10)
+    assert result["protocol_hours"]["vectorised"] == pytest.approx(ms * 6 / 1000 * 27 * 11_364 / 3600)
