@@ -194,3 +194,15 @@ def fake_mnist(tmp_path):
         labels = torch.arange(n, dtype=torch.uint8) % 10
         (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.numpy().tobytes())
     return tmp_path / "mnist-root"
+
+
+@pytest.fixture
+def host_reads(monkeypatch) -> list[str]:
+    """The names of the tensor methods that read back to the host (a synchronisation on a GPU), one entry
+    per call from here on: clear it, run, count."""
+    reads = []
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _f=original, _n=name, **k: (reads.append(_n), _f(self, *a, **k))[1])
+    return reads

@@ -163,14 +163,10 @@ def test_a_restart_whose_checkpoint_or_on_epoch_call_raises_fails_alone(tmp_path
         assert results[0] == trainers[0].history and trainers[0].epoch == 12
 
 
-def test_a_program_reads_back_once_per_span_not_per_step(monkeypatch):
+def test_a_program_reads_back_once_per_span_not_per_step(host_reads):
     """As a cell's (test_capture's test_no_host_reads_per_step): two restarts' epochs of 8 shuffled batches,
     the gradient capped per restart, read back to the host as often as epochs of 2, once per span."""
-    reads = []
-    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
-        original = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name,
-                            lambda self, *a, _f=original, _n=name, **k: (reads.append(_n), _f(self, *a, **k))[1])
+    reads = host_reads
 
     def reads_per_epoch(rows):
         data = DATASETS["bits"](n=5, rows=rows)  # 80% of the rows to train on, in batches of 8
