@@ -332,13 +332,9 @@ class TrainingLoss:
             graph = self._checked(graph, self._compile, "could not be compiled", "uncompiled", *checks)
             self.compile_seconds += time.perf_counter() - started
         if self.cuda_graphs and cuda_graphs.available(x.device):
-            n = len(self.state)  # the state, the KL weight, the scale and the release are updated in place
-
-            def record(graph):
-                return cuda_graphs.GraphedStep(graph, (*self.state, *inputs), {*range(n), n + 1, n + 2, n + 3})
-
-            graph = self._checked(graph, record, "could not be recorded as a CUDA graph", "without a CUDA graph",
-                                  *checks, rng_after=rng_after)
+            graph = self._checked(graph, lambda g: cuda_graphs.GraphedStep.of_training_step(g, self.state, inputs),
+                                  "could not be recorded as a CUDA graph", "without a CUDA graph", *checks,
+                                  rng_after=rng_after)
         set_rng_state(rng_after, x.device)
         return JointGraph(graph, grad_of)
 

@@ -106,6 +106,14 @@ class GraphedStep:
                 for i, value in before.items():
                     self.buffers[i].copy_(value)
 
+    @classmethod
+    def of_training_step(cls, fn: Callable, state: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]):
+        """A joint graph of the trainers' signature, ``fn(*state, x, weight, scale, release, *fields)``: the
+        state (parameters, buffers) and the KL weight, scale and free-bits release are updated in place by
+        the caller; the batch and its fields are copied in."""
+        n = len(state)
+        return cls(fn, (*state, *inputs), {*range(n), n + 1, n + 2, n + 3})
+
     def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """``fn(*inputs)``: the loss as a copy, the gradients as the graph's own tensors."""
         for buffer, t in zip(self.buffers, inputs, strict=True):

@@ -467,11 +467,8 @@ class Restarts:
             compiled = functools.partial(torch.compile, step.graph, backend="inductor", dynamic=False, fullgraph=True)
             self._improve(step, "graph", compiled, "could not be compiled", "uncompiled", inputs, before, loss)
         if self.config.cuda_graphs and cuda_graphs.available(self.device):
-            n = len(self.state)  # the state, the weights, the scale and the release are updated in place
-
             def record():  # the draws into the noise buffers recorded too: each restart's generator, advanced
-                return cuda_graphs.GraphedStep(step.drawing(self.generators),
-                                               (*self.state, *inputs), {*range(n), n + 1, n + 2, n + 3})
+                return cuda_graphs.GraphedStep.of_training_step(step.drawing(self.generators), self.state, inputs)
 
             self._improve(step, "recorded", record, "could not be recorded as a CUDA graph", "without a CUDA graph",
                           inputs, before, loss, after)
